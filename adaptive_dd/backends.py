@@ -83,6 +83,7 @@ class ClassUNetBackend(Backend):
 
     def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
         from diffusers import UNet2DModel
+        from safetensors import SafetensorError
 
         directory = Path(directory)
         meta_path = directory / "adaptive_dd.json"
@@ -95,7 +96,7 @@ class ClassUNetBackend(Backend):
         try:
             meta = json.loads(meta_path.read_text())
             unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, low_cpu_mem_usage=False)
-        except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
             raise ModelLoadError(f"backbone {directory} does not load ({str(e).splitlines()[0]}){hint}") from None
         if unet.config.num_class_embeds != len(meta["classes"]) + 1:
             raise ModelLoadError(f"backbone {directory}: {len(meta['classes'])} classes in adaptive_dd.json but the "

@@ -1,7 +1,10 @@
 """GP-UCB Bayesian optimisation over a discrete grid, with skopt's ask/tell split.
 
-The surrogate is scikit-optimize's GaussianProcessRegressor (Matern 5/2 with a constant scale and a
-learned Gaussian noise, as skopt's own "GP" estimator builds it) over grid coordinates scaled to [0, 1].
+The surrogate is scikit-optimize's GaussianProcessRegressor with skopt's "GP" kernel (a constant times a
+Matern 5/2) over grid coordinates scaled to [0, 1], plus a white-noise term bounded to at most 1% of the
+normalised variance: proxies reuse the same seeds and noise for every candidate, so f is nearly noise-free, and
+an unbounded noise term lets the GP explain away a whole axis after a few points. Length scales are bounded
+to [0.1, 2] grid widths for the same reason.
 UCB(x) = m(x) + kappa * sigma(x) is computed over the whole grid here, with evaluated and pending points
 masked, rather than by skopt's Optimizer, whose duplicate avoidance on a small grid can re-propose a point.
 """
@@ -66,13 +69,13 @@ class GridBO:
         return int(index[0]) * len(self.gammas) + int(index[1])
 
     def _fit(self, flat_idx: list[int], y: list[float]):
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
         from skopt.learning import GaussianProcessRegressor
 
         kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
-            length_scale=np.ones(2), length_scale_bounds=[(0.1, 2.0)] * 2, nu=2.5)
-        gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, noise="gaussian",
-                                      n_restarts_optimizer=2, random_state=self.seed % 2**32)
+            length_scale=np.full(2, 0.5), length_scale_bounds=[(0.3, 2.0)] * 2, nu=2.5) + WhiteKernel(1e-3, (1e-6, 1e-2))
+        gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
+                                      random_state=self.seed % 2**32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(self.coords[flat_idx], np.asarray(y, float))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="distill a dataset to IPC images per class",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Read a value such as "-1,2" as a number list, not an option, so `--betas -1,2` reaches validation:
+    # the pattern newer argparse releases use; older ones take only a single plain negative number.
+    d._negative_number_matcher = re.compile(r"-\.?\d")
     d.add_argument("--data", default="uci-digits", help="uci-digits, mnist-5k, or an ImageFolder directory")
     d.add_argument("--out", required=True, help="output folder (ImageFolder layout + manifest.json)")
     d.add_argument("--classes", help="comma-separated class names (default: all)")
@@ -61,7 +65,7 @@ def _cuda() -> bool:
 def config_from_args(a: argparse.Namespace) -> DistillConfig:
     return DistillConfig(
         data=a.data, model=a.model, teacher=a.teacher,
-        classes=[c.strip() for c in a.classes.split(",")] if a.classes else None,
+        classes=[c.strip() for c in a.classes.split(",") if c.strip()] if a.classes is not None else None,
         ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device, prompt=a.prompt, negative_prompt=a.negative_prompt,
         sampler=SamplerConfig(steps=a.steps, scheduler=a.scheduler, eta=a.eta),
         repulsion=RepulsionConfig(weight=a.lam, bandwidth=a.bandwidth),
@@ -78,11 +82,9 @@ def distill(a: argparse.Namespace) -> int:
     config = config_from_args(a).validate()
     check_output(Path(a.out).absolute(), a.overwrite)
     dist = Distiller(config)
-    describe = {"backbone": dist.backend.description, "teacher": dist.teacher.config.model_name,
-                "lambda": dist.weight, "betas": list(dist.betas)}
     n_batches = sum(len(dist.seed_plan(c)[0]) for c in dist.classes)
     bar = tqdm(total=n_batches, unit="batch", desc="distill", file=sys.stderr)
-    for ev in export(dist.run(), a.out, config, dist.dataset.classes, describe, a.overwrite, a.zip):
+    for ev in export(dist.run(), a.out, config, dist.dataset.classes, dist.describe(), a.overwrite, a.zip):
         if isinstance(ev, BatchDone):
             bar.update(1)
             bar.set_postfix_str(f"class {ev.class_name} batch {ev.batch_index}")

@@ -19,7 +19,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPLITS_DIR = ASSETS / "splits"
 BUILTIN_DATASETS = ("mnist-5k", "uci-digits")
 DIGIT_CLASSES = [str(i) for i in range(10)]
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_IMAGE_PIXELS = 4096 * 4096
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -166,9 +165,10 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
 
 def _normalise_mode(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow decodes PNG and PGM deeper than 8 bits to these modes on a 0..65535 scale; one fixed scale
+        # (not each image's own maximum) keeps a dim or uniform image as it is.
         a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        return Image.fromarray(np.clip(a / hi * 255.0, 0, 255).round().astype(np.uint8), "L")
+        return Image.fromarray(np.clip(a / 65535.0 * 255.0, 0, 255).round().astype(np.uint8), "L")
     if im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
         return Image.fromarray(np.clip(a * 255.0, 0, 255).round().astype(np.uint8), "L")
@@ -191,13 +191,13 @@ def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDat
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
+        raise DataError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
     if (root / "train").is_dir():
         base = root / split
         if not base.is_dir():
             raise DataError(f"{root}: has no {split}/ folder")
-    elif split == "test":
-        raise DataError(f"{root}: has no test/ folder")
+    elif split not in ("train", "all"):
+        raise DataError(f"{root}: has no {split}/ folder")
     else:
         base = root
     real_root = root.resolve()

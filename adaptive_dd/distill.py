@@ -92,17 +92,22 @@ class Distiller:
                  dataset: ImageDataset | None = None):
         self.config = config.validate()
         self.dataset = dataset if dataset is not None else load_dataset(config.data, "train")
-        self.backend = backend or create_backend(config.model, config.device, config.prompt, config.negative_prompt)
-        self.teacher = teacher or load_teacher(config.teacher or default_teacher(config.data), config.device)
         self.classes = list(config.classes) if config.classes else list(self.dataset.classes)
         for c in self.classes:
-            self.dataset.class_index(c)
             if len(self.dataset.indices_of(self.dataset.class_index(c))) == 0:
                 raise ConfigError(f"class {c!r} has no images in {self.dataset.name}")
+        teacher_spec = None if teacher is not None else (config.teacher or default_teacher(config.data))
+        self.backend = backend or create_backend(config.model, config.device, config.prompt, config.negative_prompt)
         self.backend.check_classes(self.classes)
+        self.teacher = teacher or load_teacher(teacher_spec, config.device)
         self.betas = tuple(config.bo.betas or self.backend.default_betas)
         weight = config.repulsion.weight
         self.weight = self.backend.default_lambda if weight is None else float(weight)
+
+    def describe(self) -> dict:
+        """The loaded models and resolved defaults, for manifests and the app's models panel."""
+        return {"backbone": self.backend.description, "teacher": self.teacher.config.model_name,
+                "lambda": self.weight, "betas": list(self.betas)}
 
     def seed_plan(self, class_name: str) -> tuple[list[np.ndarray], bool]:
         """Dataset indices of the seeds for each mini-batch, drawn without replacement; wraps (with a new

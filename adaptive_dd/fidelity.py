@@ -91,11 +91,14 @@ def save_teacher(model: torch.nn.Module, config: TeacherConfig, directory: str |
 
 
 def _load_teacher_dir(directory: Path) -> Teacher:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     cfg_path, weights = directory / "config.json", directory / "model.safetensors"
     hint = ("regenerate it with `python -m adaptive_dd.demo.train teacher --data "
             f"{directory.name.removeprefix('teacher-')}`" if directory.parent == ASSETS else "")
+    if not directory.is_dir():
+        raise ModelLoadError(f"teacher folder {directory} is missing; {hint}")
     for p in (cfg_path, weights):
         if not p.exists():
             raise ModelLoadError(f"teacher file {p} is missing; {hint}".rstrip("; "))
@@ -103,7 +106,7 @@ def _load_teacher_dir(directory: Path) -> Teacher:
         config = TeacherConfig(**json.loads(cfg_path.read_text()))
         model = config.build()
         model.load_state_dict(load_file(str(weights)), strict=True)
-    except (RuntimeError, ValueError, TypeError, OSError) as e:
+    except (RuntimeError, ValueError, TypeError, OSError, SafetensorError) as e:
         raise ModelLoadError(f"teacher {directory} does not load ({str(e).splitlines()[0]}); {hint}".rstrip("; "))
     return Teacher(model, config)
 
@@ -116,7 +119,7 @@ def load_teacher(spec: str, device: str | torch.device = "cpu", num_classes: int
     local checkpoint (safetensors, or a torch file read with weights_only=True).
     """
     path = BUNDLED_TEACHERS.get(spec, Path(spec))
-    if path.is_dir():
+    if spec in BUNDLED_TEACHERS or path.is_dir():
         return _load_teacher_dir(path).to(device)
     import timm
 

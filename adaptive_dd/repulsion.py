@@ -29,9 +29,14 @@ def validate_bandwidth(bandwidth: Bandwidth) -> Bandwidth:
     return value
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16 latents (Stable Diffusion on CUDA) are summed in fp32; fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def pairwise_sq_dists(z: torch.Tensor) -> torch.Tensor:
     """||z_i - z_j||^2 for flattened rows of z, exact zero on the diagonal."""
-    flat = z.reshape(len(z), -1).float()
+    flat = _at_least_fp32(z.reshape(len(z), -1))
     sq = flat.pow(2).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * flat @ flat.T).clamp_min_(0)
     return d2.fill_diagonal_(0)
@@ -67,7 +72,7 @@ def repulsion_grad(z: torch.Tensor, bandwidth: Bandwidth) -> torch.Tensor:
     n = len(z)
     if n < 2:
         return torch.zeros_like(z)
-    flat = z.reshape(n, -1).float()
+    flat = _at_least_fp32(z.reshape(n, -1))
     d2 = pairwise_sq_dists(flat)
     h = two_sigma_sq(d2, bandwidth)
     k = torch.exp(-d2 / h)

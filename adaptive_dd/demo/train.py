@@ -85,6 +85,7 @@ def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path)
         "image_size": BACKBONE_SIZE,
         "channels": 1,
         "beta_grid": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+        "default_lambda": 5.0,
         "trained_on": "mnist-5k (train split, assets/splits/mnist-5k.json)",
         "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": 0.999,
                      "label_dropout": 0.1, "seconds": round(time.time() - t0, 1),

@@ -1,0 +1,68 @@
+"""Tiny models built in code, saved to disk and loaded through the same loaders users' models go through."""
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+DIGITS = [str(i) for i in range(10)]
+
+
+def save_tiny_class_unet(directory, size: int = 8, seed: int = 0, default_lambda: float = 1.0) -> None:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                       layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=len(DIGITS) + 1)
+    unet.save_pretrained(directory / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(directory / "scheduler")
+    (directory / "adaptive_dd.json").write_text(json.dumps({
+        "type": "class-unet", "classes": DIGITS, "null_class": len(DIGITS), "image_size": size, "channels": 1,
+        "beta_grid": [0.0, 1.0, 2.0, 3.0], "default_lambda": default_lambda}))
+
+
+def save_tiny_teacher(directory, seed: int = 0) -> None:
+    from adaptive_dd.fidelity import TeacherConfig, save_teacher
+
+    torch.manual_seed(seed)
+    cfg = TeacherConfig(model_name="resnet10t", num_classes=10, in_chans=1, input_size=16, mean=[0.5], std=[0.5],
+                        classes=DIGITS, model_kwargs={"stem_width": 8, "channels": [8, 8, 16, 16]})
+    model = cfg.build()
+    with torch.no_grad():  # a random head, scaled so that teacher distributions differ between images
+        model.get_classifier().weight.mul_(20.0)
+    save_teacher(model, cfg, directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_unet")
+    save_tiny_class_unet(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_unet_dir):
+    from adaptive_dd.backends import create_backend
+
+    return create_backend(str(tiny_unet_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_teacher")
+    save_tiny_teacher(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_teacher_dir):
+    from adaptive_dd.fidelity import load_teacher
+
+    return load_teacher(str(tiny_teacher_dir))

@@ -1,0 +1,151 @@
+"""The Gradio app end to end through its public API: launched on a free port, driven with gradio_client."""
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+import socket
+import tempfile
+import time
+import urllib.request
+import zipfile
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+
+BUDGET = 3
+SESSION_DIRS = f"{tempfile.gettempdir()}/adaptive_dd-app-*"
+# betas, gammas, budget, q, kappa, steps, lambda, auto bandwidth, bandwidth, seed (app_state.Settings order)
+SETTINGS = ["0, 1, 2", "0.5, 0.7, 1.0", BUDGET, 1, 2.0, 6, 1.0, True, 1.0, 7]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, timeout: float = 60.0) -> None:
+    """Ready when /gradio_api/info answers (GET: Gradio 6.31 answers HEAD with 405), not on "Running on"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "gradio_api/info", timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_unet_dir, tiny_teacher_dir, tmp_path_factory):
+    import app
+
+    models = app.S.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None)
+    demo = app.build_demo(models)
+    before = set(glob.glob(SESSION_DIRS))
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_ready(url)
+        yield gradio_client.Client(url, verbose=False, analytics_enabled=False,
+                                   download_files=str(tmp_path_factory.mktemp("downloads")))
+    finally:
+        demo.close()
+        for folder in set(glob.glob(SESSION_DIRS)) - before:  # sessions opened by this test
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_models_panel_names_backbone_and_teacher(client):
+    from adaptive_dd import app_state
+
+    text = app_state.models().describe()
+    assert "UNet2DModel" in text and "resnet10t" in text and "cpu" in text
+
+
+def test_run_bo_streams_a_heatmap_per_evaluation_then_the_final_batch(client):
+    job = client.submit("uci-digits", "3", "dataset", [], None, None, 4, "mean", *SETTINGS, api_name="/run_bo")
+    job.result(timeout=300)
+    outputs = job.outputs()
+    plots = [json.loads(o[0]["plot"]) for o in outputs if "plot" in o[0]]  # skipped outputs are bare updates
+    assert len(plots) == BUDGET  # one heatmap per BO evaluation (q = 1)
+    for k, fig in enumerate(plots, start=1):
+        heat, observed = fig["data"][0], fig["data"][1]
+        assert heat["type"] == "heatmap" and len(heat["z"]) == 3 and len(heat["z"][0]) == 3
+        assert observed["text"] == [str(i) for i in range(1, k + 1)]
+        assert fig["layout"]["uirevision"] == "bo"
+    final = outputs[-1]
+    seeds, images, readout = final[2], final[3], final[4]
+    assert len(seeds) == 4 and len(images) == 4
+    assert "f_final" in readout and "diversity" in readout
+
+
+def test_export_returns_a_zip_with_ipc_images_per_class_and_a_manifest(client):
+    classes, ipc = ["0", "1"], 3
+    status, table, download = client.predict("uci-digits", classes, ipc, 2, *SETTINGS, api_name="/distill_export")
+    assert status.startswith("Done") and download["visible"]  # a DownloadButton update made visible
+    download = download["value"]  # the zip, already fetched by the client
+    assert download.endswith(".zip")
+    assert [row[0] for row in table["data"]] == ["0", "0", "1", "1"]  # two mini-batches per class
+    with zipfile.ZipFile(download) as zf:
+        names = zf.namelist()
+        manifest = json.loads(zf.read(next(n for n in names if n.endswith("/manifest.json"))))
+    for c in classes:
+        assert sum(f"/{c}/" in n and n.endswith(".png") for n in names) == ipc
+    assert manifest["config"]["ipc"] == ipc and manifest["class_order"][:2] == classes
+    assert len(manifest["images"]) == ipc * len(classes)
+
+
+def _image_bytes(gallery: list[dict]) -> list[bytes]:
+    return [open(item["image"], "rb").read() for item in gallery]
+
+
+def test_lambda_regenerates_from_the_same_noise_and_look_and_sweep_draw(client):
+    final = client.predict("uci-digits", "5", "dataset", [], None, None, 3, "mean", *SETTINGS, api_name="/run_bo")
+    lam = SETTINGS[6]
+    again, text = client.predict(lam, True, 1.0, api_name="/regenerate")
+    assert _image_bytes(again) == _image_bytes(final[3])  # same (beta*, gamma*), noise and lambda: same images
+    assert "diversity" in text
+    plain, _ = client.predict(0.0, True, 1.0, api_name="/regenerate")
+    assert len(plain) == 3 and _image_bytes(plain) != _image_bytes(final[3])
+    look, text = client.predict(2.0, 1.0, lam, True, 1.0, api_name="/manual_look")
+    assert len(look) == 3 and "β=2, γ=1" in text
+    from PIL import Image
+
+    with Image.open(client.predict(api_name="/sweep")) as grid:
+        assert grid.width > 3 * 64 and grid.height > 3 * 64  # 3 x 3 cells of 64 px plus labels
+
+
+def test_uploads_are_validated_and_used_as_seeds(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    good = []
+    for i in range(2):
+        Image.new("RGBA", (20, 30), (i * 90, 50, 200, 255)).save(tmp_path / f"ok{i}.png")
+        good.append(handle_file(str(tmp_path / f"ok{i}.png")))
+    (tmp_path / "bad.png").write_text("not an image")
+    files = good + [handle_file(str(tmp_path / "bad.png"))]
+    out = client.predict("uci-digits", "0", "upload", [], files, "7", 10, "std", *SETTINGS, api_name="/run_bo")
+    assert [item["caption"] for item in out[2]] == ["ok0.png", "ok1.png"]  # the bad file is skipped
+    assert len(out[3]) == 2
+    too_many = [handle_file(str(tmp_path / "ok0.png"))] * 17
+    with pytest.raises(Exception, match="at most 16"):
+        client.predict("uci-digits", "0", "upload", [], too_many, "7", 10, "mean", *SETTINGS, api_name="/run_bo")
+
+
+def test_cancelled_export_leaves_no_temporary_folder(client):
+    pattern = f"{SESSION_DIRS}/.adaptive_dd-*.tmp-*"
+    job = client.submit("uci-digits", [str(i) for i in range(10)], 20, 4, *SETTINGS, api_name="/distill_export")
+    deadline = time.monotonic() + 60
+    while not glob.glob(pattern) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert glob.glob(pattern), "the export never started"
+    assert job.cancel() or job.status().code.name == "CANCELLED"
+    deadline = time.monotonic() + 30
+    while glob.glob(pattern) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not glob.glob(pattern)

@@ -1,0 +1,147 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adaptive_dd.config import BOConfig, ConfigError, DistillConfig, RepulsionConfig, SamplerConfig
+from adaptive_dd.distill import BatchDone, BOStep, ClassDone, Distiller, RunDone
+from adaptive_dd.export import ExportError, export
+
+
+def _config(**kw):
+    base = dict(data="uci-digits", classes=["0", "1", "2"], ipc=5, m_seed=3, seed=7,
+                sampler=SamplerConfig(steps=6), repulsion=RepulsionConfig(weight=1.0),
+                bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=1))
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def distiller(tiny_backend, tiny_teacher):
+    return Distiller(_config(), backend=tiny_backend, teacher=tiny_teacher)
+
+
+def test_event_stream_follows_algorithm_1(distiller):
+    events = list(distiller.run())
+    kinds = [type(e).__name__ for e in events]
+    # per class: 2 batches (3 + 2 seeds), each 3 BO steps then BatchDone; then ClassDone; RunDone last
+    per_class = (["BOStep"] * 3 + ["BatchDone"]) * 2 + ["ClassDone"]
+    assert kinds == per_class * 3 + ["RunDone"]
+    steps = [e for e in events if isinstance(e, BOStep)]
+    assert all(e.posterior.mean.shape == (3, 3) for e in steps)
+    assert [e.evaluations for e in steps[:3]] == [1, 2, 3]
+    for e in events:
+        if isinstance(e, BatchDone):
+            assert (e.beta, e.gamma, e.f_proxy) == max(((o.beta, o.gamma, o.f) for o in e.observations),
+                                                       key=lambda t: t[2])
+            assert e.images.shape == (len(e.seed_ids), 1, 8, 8)
+    done = [e for e in events if isinstance(e, ClassDone)]
+    assert [d.n_images for d in done] == [5, 5, 5] and not any(d.wrapped for d in done)
+    assert events[-1].n_images == 15
+
+
+def test_seeds_are_drawn_without_replacement_from_the_train_split(distiller):
+    from adaptive_dd.data import load_split
+
+    train = {f"uci-digits/{i}" for i in load_split("uci-digits")["train"]}
+    for name in distiller.classes:
+        plan, wrapped = distiller.seed_plan(name)
+        ids = [distiller.dataset.ids[i] for batch in plan for i in batch]
+        assert len(ids) == len(set(ids)) == 5 and set(ids) <= train and not wrapped
+        assert all(distiller.dataset.labels[i] == int(name) for batch in plan for i in batch)
+
+
+def _export(distiller, out, **kw):
+    cfg = distiller.config
+    return list(export(distiller.run(), out, cfg, distiller.dataset.classes, **kw))
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_holds_exactly_ipc_per_class_and_reruns_byte_identical(distiller, tmp_path):
+    _export(distiller, tmp_path / "a", make_zip=True)
+    _export(distiller, tmp_path / "b")
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert a == b
+    manifest = json.loads(a["manifest.json"])
+    for name in ("0", "1", "2"):
+        assert sorted(k for k in a if k.startswith(f"{name}/")) == [f"{name}/{i:04d}.png" for i in range(5)]
+    assert len(manifest["images"]) == 15 and manifest["class_order"][:3] == ["0", "1", "2"]
+    assert {i["file"] for i in manifest["images"]} == {k for k in a if k.endswith(".png")}
+    assert all(len(b["history"]) == 3 for b in manifest["batches"])
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        assert sum(n.endswith(".png") for n in zf.namelist()) == 15
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_same_seed_same_images_whatever_the_batch_size(tiny_backend, tiny_teacher):
+    """Slot k of a class has its own noise seed: with fixed (beta, gamma) and no repulsion, m_seed is irrelevant."""
+    one = _config(m_seed=5, bo=BOConfig(betas=(1.0,), gammas=(0.7,), budget=1), repulsion=RepulsionConfig(weight=0))
+    two = _config(m_seed=2, bo=BOConfig(betas=(1.0,), gammas=(0.7,), budget=1), repulsion=RepulsionConfig(weight=0))
+    imgs = []
+    for cfg in (one, two):
+        d = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+        imgs.append(torch.cat([e.images for e in d.distill_class("1") if isinstance(e, BatchDone)]))
+    torch.testing.assert_close(imgs[0], imgs[1], rtol=0, atol=1e-5)
+
+
+def test_a_failed_run_leaves_nothing_behind(distiller, tmp_path):
+    def crashing():
+        for i, ev in enumerate(distiller.run()):
+            if i == 6:
+                raise RuntimeError("boom")
+            yield ev
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(export(crashing(), tmp_path / "out", distiller.config, distiller.dataset.classes))
+    assert list(tmp_path.iterdir()) == []
+
+    gen = export(distiller.run(), tmp_path / "out", distiller.config, distiller.dataset.classes)
+    next(gen), next(gen)
+    gen.close()  # a consumer that stops early (the app's Stop button)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_foreign_output_is_refused_and_own_output_replaced(distiller, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(ExportError, match="not an adaptive_dd export"):
+        _export(distiller, out)
+    assert (out / "thesis.tex").read_text() == "precious"
+    _export(distiller, out, overwrite=True)
+    assert not (out / "thesis.tex").exists()
+    _export(distiller, out)  # an earlier export of ours is replaced without --overwrite
+    assert len(json.loads((out / "manifest.json").read_text())["images"]) == 15
+
+
+def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_path):
+    from PIL import Image
+
+    for c, n in (("0", 2), ("1", 4)):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 40 * i + 20, np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    cfg = _config(data=str(tmp_path / "data"), classes=None, ipc=3, m_seed=3, teacher="x")
+    d = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+    plan, wrapped = d.seed_plan("0")
+    ids = [d.dataset.ids[i] for i in plan[0]]
+    assert wrapped and len(ids) == 3 and set(ids) == {"0/0.png", "0/1.png"}
+    assert d.seed_plan("1")[1] is False
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(ipc=0), "IPC"), (dict(m_seed=0), "m_seed"),
+    (dict(bo=BOConfig(gammas=(0.0, 0.5))), "gamma"), (dict(bo=BOConfig(gammas=(1.2,))), "gamma"),
+    (dict(bo=BOConfig(betas=(-1.0, 2.0))), "beta"), (dict(repulsion=RepulsionConfig(weight=-0.1)), "lambda"),
+    (dict(repulsion=RepulsionConfig(bandwidth=0.0)), "bandwidth"),
+    (dict(sampler=SamplerConfig(steps=2), bo=BOConfig(gammas=(0.3,))), "no denoising step"),
+])
+def test_bad_settings_are_named(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        _config(**kw).validate()

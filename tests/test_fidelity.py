@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from adaptive_dd.fidelity import ModelLoadError, fidelity, kl_per_sample, load_teacher
+
+
+def test_fidelity_is_zero_for_identical_images_and_negative_otherwise(tiny_teacher):
+    seeds = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    logits = tiny_teacher.logits(seeds)
+    assert fidelity(logits, tiny_teacher.logits(seeds.clone())) == 0.0
+    other = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert fidelity(logits, tiny_teacher.logits(other)) < -1e-4
+
+
+def test_kl_direction_and_value_match_a_hand_computation():
+    p = torch.tensor([[math.log(0.7), math.log(0.3)]])
+    q = torch.tensor([[math.log(0.5), math.log(0.5)]])
+    expected = 0.7 * math.log(0.7 / 0.5) + 0.3 * math.log(0.3 / 0.5)  # KL(P_orig || P_gen)
+    assert float(kl_per_sample(p, q)) == pytest.approx(expected)
+    assert fidelity(torch.cat([p, p]), torch.cat([q, p])) == pytest.approx(-expected / 2)
+
+
+def test_teacher_preprocessing_accepts_any_size_and_channels(tiny_teacher):
+    gray = torch.rand(2, 1, 8, 8)
+    rgb = gray.expand(-1, 3, -1, -1)
+    torch.testing.assert_close(tiny_teacher.logits(gray), tiny_teacher.logits(rgb))
+    assert tiny_teacher.features(gray).shape[0] == 2
+
+
+def test_missing_or_mismatched_teacher_files_fail_naming_the_file(tmp_path, tiny_teacher_dir):
+    (tmp_path / "t").mkdir()
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        (tmp_path / "t" / "config.json").write_text((tiny_teacher_dir / "config.json").read_text())
+        load_teacher(str(tmp_path / "t"))
+    bad = tmp_path / "t" / "model.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="does not load"):
+        load_teacher(str(tmp_path / "t"))
+
+
+def test_bundled_uci_teacher_loads_and_classifies_its_test_split():
+    from adaptive_dd.data import load_dataset
+
+    teacher = load_teacher("uci-digits")
+    test = load_dataset("uci-digits", "test")
+    pred = teacher.logits(test.tensor(range(len(test)), 32, 1)).argmax(1).numpy()
+    assert (pred == test.labels).mean() >= 0.97
