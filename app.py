@@ -95,22 +95,25 @@ def build_demo(m: S.Models) -> gr.Blocks:
                         run = gr.Button("Run BO", variant="primary")
                         stop = gr.Button("Stop", variant="stop")
                 with gr.Column(scale=2):
-                    pool = gr.Gallery(label="class train images / uploads (click to select)", columns=10,
+                    # Gradio 6 gallery cells are at least 100 px wide: 7 columns fit this column in a 1400 px
+                    # window without scrolling sideways; a mini-batch (m_seed 10) shows as 2 rows of 5.
+                    pool = gr.Gallery(label="class train images / uploads (click to select)", columns=7,
                                       height=240, format="png", allow_preview=False)
                     view = gr.Radio(list(S.POSTERIOR_VIEWS), value="mean", label="heatmap shows the posterior")
                     plot = gr.Plot(elem_id="bo-heatmap", label="GP posterior over β × γ (click a cell to look)")
                     click_box = gr.Textbox(visible="hidden", elem_id="heatmap-click")
-                    proxies = gr.Gallery(label="latest proxy images", columns=10, height=200, format="png")
-                    with gr.Row():
-                        seeds_gallery = gr.Gallery(label="seeds", columns=5, height=240, format="png")
-                        final_gallery = gr.Gallery(label="final (β*, γ*, repulsion)", columns=5, height=240,
-                                                   format="png")
+                    proxies = gr.Gallery(label="latest proxy images", columns=5, height="fit-content",
+                                         format="png")
+                    seeds_gallery = gr.Gallery(label="seeds", columns=5, height="fit-content", format="png")
+                    final_gallery = gr.Gallery(label="final (β*, γ*, repulsion), in the seeds' order", columns=5,
+                                               height="fit-content", format="png")
                     readout = gr.Markdown()
                     with gr.Accordion("Manual look and sweep", open=True):
                         with gr.Row():
                             beta_dd = gr.Dropdown([], label="β")
                             gamma_dd = gr.Dropdown([], label="γ")
-                        manual_gallery = gr.Gallery(label="seeds at (β, γ)", columns=5, height=200, format="png")
+                        manual_gallery = gr.Gallery(label="seeds at (β, γ)", columns=5, height="fit-content",
+                                                    format="png")
                         manual_text = gr.Markdown()
                         sweep_btn = gr.Button("Sweep β × γ (first seed)")
                         sweep_image = gr.Image(label="sweep", format="png", type="pil")

@@ -40,7 +40,7 @@ MAX_UPLOADS = 16
 MAX_UPLOAD_PIXELS = 2048 * 2048
 GALLERY_LIMIT = 120
 MAX_SWEEP_CELLS = 100
-DISPLAY_PX = 96
+DISPLAY_PX = 160  # a whole multiple of the bundled 16 px and UCI's 8 px; galleries show about 100-160 px
 POSTERIOR_VIEWS = ("mean", "std", "ucb")
 GPU_SECONDS = 120
 
@@ -222,6 +222,11 @@ def display(batch: torch.Tensor | list[Image.Image], size: int = DISPLAY_PX) -> 
             for im in images]
 
 
+def captions(seed_ids: list[str]) -> list[str]:
+    """Seed ids without their dataset or class folder, which the page already shows: gallery cells are narrow."""
+    return [v.rsplit("/", 1)[-1] for v in seed_ids]
+
+
 def heatmap(post: GridPosterior, observations: list[Observation], best: Observation | None, view: str,
             budget: int) -> go.Figure:
     """The posterior view over beta x gamma with numbered observations and the best one starred."""
@@ -373,14 +378,14 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
     ds_classes = models().dataset(data).classes
     config = s.config(data, [name] if name in ds_classes else None, len(images), len(images))
     st = ExploreState(config, name, images, ids, view=view)
-    seeds_gallery = list(zip(display(images), ids))
+    seeds_gallery = list(zip(display(images), captions(ids)))
     skip = gr.skip()
     yield (skip, [], seeds_gallery, [], f"Running BO on {len(images)} seed images of class **{name}**…", st,
            skip, skip, skip)
     for ev in bo_events(config, images, ids, name):
         if isinstance(ev, BOStep):
             st.posterior, st.observations, st.best, st.budget = ev.posterior, ev.observations, ev.best, ev.budget
-            proxies = [(im, f"#{o.step} β={o.beta:g} γ={o.gamma:g} f={o.f:.4f}")
+            proxies = [(im, f"#{o.step} β={o.beta:g} γ={o.gamma:g}")  # f is in the readout; cells are narrow
                        for k, o in enumerate(ev.candidates) for im in display(ev.proxy_images[k])]
             last = ev.candidates[-1]
             yield (heatmap(ev.posterior, ev.observations, ev.best, st.view, ev.budget), proxies, skip, skip,
@@ -389,7 +394,8 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
         else:
             st.beta, st.gamma = ev.beta, ev.gamma
             st.seeds = [noise_seed(config.seed, ev.class_index, s) for s in ev.slots]
-            yield (skip, skip, seeds_gallery, list(zip(display(ev.images), ev.seed_ids)), batch_readout(ev, st), st,
+            yield (skip, skip, seeds_gallery, list(zip(display(ev.images), captions(ev.seed_ids))),
+                   batch_readout(ev, st), st,
                    gr.update(choices=[(f"{b:g}", b) for b in st.posterior.betas], value=ev.beta),
                    gr.update(choices=[(f"{g:g}", g) for g in st.posterior.gammas], value=ev.gamma),
                    gr.update(maximum=max(1.0, math.ceil(3 * ev.diversity))))
@@ -422,7 +428,7 @@ def regenerate(st: ExploreState | None, lam: float, auto_bandwidth: bool, bandwi
     bw = bandwidth_value(auto_bandwidth, bandwidth)
     images, diversity, f = generate(st.config, st.seed_images, st.class_name, st.beta, st.gamma, st.seeds,
                                     float(lam), bw)
-    return (list(zip(display(images), st.seed_ids)),
+    return (list(zip(display(images), captions(st.seed_ids))),
             f"**β\\*** = {st.beta:g} · **γ\\*** = {st.gamma:g} · **f_final** = {f:.4f} · "
             f"**diversity** = {diversity:.3f} · λ = {float(lam):g}, bandwidth = {bw}")
 
@@ -436,7 +442,7 @@ def manual_look(st: ExploreState | None, beta: float | None, gamma: float | None
     bw = bandwidth_value(auto_bandwidth, bandwidth)
     images, diversity, f = generate(st.config, st.seed_images, st.class_name, float(beta), float(gamma), st.seeds,
                                     float(lam), bw)
-    return (list(zip(display(images), st.seed_ids)),
+    return (list(zip(display(images), captions(st.seed_ids))),
             f"At β={float(beta):g}, γ={float(gamma):g}: f = {f:.4f}, diversity = {diversity:.3f}")
 
 

@@ -1,0 +1,21 @@
+"""The model card's quality bars, on the bundled models (slow: run with `python -m pytest -m slow`)."""
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["uci-digits", "mnist-5k"])
+def test_teacher_accuracy_bar(name):
+    from adaptive_dd.demo.quality import teacher_accuracy
+
+    assert teacher_accuracy(name) >= 0.97
+
+
+def test_backbone_bars():
+    from adaptive_dd.backends import create_backend
+    from adaptive_dd.demo.quality import img2img_consistency, pure_generation
+    from adaptive_dd.fidelity import load_teacher
+
+    backend = create_backend("bundled")
+    assert max(pure_generation(backend, load_teacher("mnist-5k"), 20, 50).values()) >= 0.90
+    assert max(img2img_consistency(backend, load_teacher("uci-digits"), 0.5, 50, 20).values()) >= 0.95
