@@ -350,8 +350,11 @@ def _seed_batch(data: str, class_name: str, source: str, selected: list[str] | N
         images, names = read_uploads(files)
         if not images:
             raise gr.Error("upload at least one valid image")
+        upload_class = (upload_class or "").strip()
         if not upload_class:
-            raise gr.Error("choose the class the uploaded images belong to")
+            raise gr.Error("choose or type the class the uploaded images belong to")
+        if any(c in upload_class for c in "/\\\0") or upload_class in (".", "..") or len(upload_class) > 100:
+            raise gr.Error(f"class name {upload_class!r} must be at most 100 characters, without path separators")
         try:
             b.check_classes([upload_class])
         except ValueError as e:

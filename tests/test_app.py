@@ -149,3 +149,18 @@ def test_cancelled_export_leaves_no_temporary_folder(client):
     while glob.glob(pattern) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not glob.glob(pattern)
+
+
+@pytest.mark.parametrize("name,match", [("", "choose or type"), ("  ", "choose or type"),
+                                        ("../etc", "path separators"), ("a/b", "path separators"),
+                                        ("banana", "not one of the backbone's classes")])
+def test_upload_class_names_are_checked(client, tmp_path, name, match):
+    import gradio as gr
+    from PIL import Image
+
+    import app
+
+    path = tmp_path / "one.png"
+    Image.new("L", (8, 8), 128).save(path)
+    with pytest.raises(gr.Error, match=match):
+        app.S._seed_batch("uci-digits", "0", "upload", None, [str(path)], name, 4, 0)
