@@ -5,11 +5,18 @@ import pytest
 import torch
 
 
-def _tiny_tokenizer(directory):
-    from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+def _byte_symbols() -> list[str]:
+    """The 256 byte-level symbols of GPT-2/CLIP BPE (printable bytes as themselves, the rest shifted past 255)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
-    symbols = list(bytes_to_unicode().values())
+
+def _tiny_tokenizer(directory):
+    """A CLIPTokenizer built offline: byte-level vocabulary, no merges, CLIP's special tokens."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
