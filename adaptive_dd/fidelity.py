@@ -107,7 +107,8 @@ def _load_teacher_dir(directory: Path) -> Teacher:
         model = config.build()
         model.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, ValueError, TypeError, OSError, SafetensorError) as e:
-        raise ModelLoadError(f"teacher {directory} does not load ({str(e).splitlines()[0]}); {hint}".rstrip("; "))
+        raise ModelLoadError(f"teacher {directory} does not load ({str(e).splitlines()[0]}); {hint}".rstrip("; ")) \
+            from None
     return Teacher(model, config)
 
 

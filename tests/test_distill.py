@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adaptive_dd.config import BOConfig, ConfigError, DistillConfig, RepulsionConfig, SamplerConfig
-from adaptive_dd.distill import BatchDone, BOStep, ClassDone, Distiller, RunDone
+from adaptive_dd.distill import BatchDone, BOStep, ClassDone, Distiller
 from adaptive_dd.export import ExportError, export
 
 
