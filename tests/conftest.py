@@ -1,8 +1,14 @@
 """Tiny models built in code, saved to disk and loaded through the same loaders users' models go through."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
+import socket
+import tempfile
+import time
+import urllib.request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -66,3 +72,44 @@ def tiny_teacher(tiny_teacher_dir):
     from adaptive_dd.fidelity import load_teacher
 
     return load_teacher(str(tiny_teacher_dir))
+
+
+APP_SESSION_DIRS = f"{tempfile.gettempdir()}/adaptive_dd-app-*"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, timeout: float = 60.0) -> None:
+    """Ready when /gradio_api/info answers (GET: Gradio 6.31 answers HEAD with 405), not on "Running on"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "gradio_api/info", timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_unet_dir, tiny_teacher_dir):
+    """The app launched once on a free port over the tiny models; its session folders are removed after."""
+    import app
+
+    demo = app.build_demo(app.S.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None))
+    before = set(glob.glob(APP_SESSION_DIRS))
+    port = _free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_ready(url)
+        yield url
+    finally:
+        demo.close()
+        for folder in set(glob.glob(APP_SESSION_DIRS)) - before:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -3,60 +3,23 @@ from __future__ import annotations
 
 import glob
 import json
-import shutil
-import socket
-import tempfile
 import time
-import urllib.request
 import zipfile
 
 import pytest
+from conftest import APP_SESSION_DIRS
 
 gradio_client = pytest.importorskip("gradio_client")
 
 BUDGET = 3
-SESSION_DIRS = f"{tempfile.gettempdir()}/adaptive_dd-app-*"
 # betas, gammas, budget, q, kappa, steps, lambda, auto bandwidth, bandwidth, seed (app_state.Settings order)
 SETTINGS = ["0, 1, 2", "0.5, 0.7, 1.0", BUDGET, 1, 2.0, 6, 1.0, True, 1.0, 7]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, timeout: float = 60.0) -> None:
-    """Ready when /gradio_api/info answers (GET: Gradio 6.31 answers HEAD with 405), not on "Running on"."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url + "gradio_api/info", timeout=5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
-def client(tiny_unet_dir, tiny_teacher_dir, tmp_path_factory):
-    import app
-
-    models = app.S.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None)
-    demo = app.build_demo(models)
-    before = set(glob.glob(SESSION_DIRS))
-    port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_ready(url)
-        yield gradio_client.Client(url, verbose=False, analytics_enabled=False,
-                                   download_files=str(tmp_path_factory.mktemp("downloads")))
-    finally:
-        demo.close()
-        for folder in set(glob.glob(SESSION_DIRS)) - before:  # sessions opened by this test
-            shutil.rmtree(folder, ignore_errors=True)
+def client(app_url, tmp_path_factory):
+    return gradio_client.Client(app_url, verbose=False, analytics_enabled=False,
+                                download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 def test_models_panel_names_backbone_and_teacher(client):
@@ -138,7 +101,7 @@ def test_uploads_are_validated_and_used_as_seeds(client, tmp_path):
 
 
 def test_cancelled_export_leaves_no_temporary_folder(client):
-    pattern = f"{SESSION_DIRS}/.adaptive_dd-*.tmp-*"
+    pattern = f"{APP_SESSION_DIRS}/.adaptive_dd-*.tmp-*"
     job = client.submit("uci-digits", [str(i) for i in range(10)], 20, 4, *SETTINGS, api_name="/distill_export")
     deadline = time.monotonic() + 60
     while not glob.glob(pattern) and time.monotonic() < deadline:

@@ -5,16 +5,13 @@ chromium), so the layout, the streamed plotly heatmap and the download button ar
 """
 from __future__ import annotations
 
-import glob
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from test_app import SESSION_DIRS, _free_port, _wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A system browser: `playwright install` downloads its own, which needs a network this project does not assume.
@@ -28,34 +25,15 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
 
 
-@pytest.fixture(scope="module")
-def url(tiny_unet_dir, tiny_teacher_dir):
-    import app
-
-    models = app.S.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None)
-    demo = app.build_demo(models)
-    before = set(glob.glob(SESSION_DIRS))
-    port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
-    address = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_ready(address)
-        yield address
-    finally:
-        demo.close()
-        for folder in set(glob.glob(SESSION_DIRS)) - before:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.fixture
-def page(url):
+def page(app_url):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             page.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)  # expect() has its own 5 s default
-            page.goto(url)
+            page.goto(app_url)
             yield page
         finally:
             browser.close()
