@@ -125,12 +125,14 @@ def load_teacher(spec: str, device: str | torch.device = "cpu", num_classes: int
     import timm
 
     name, _, ckpt = spec.partition(":")
+    if ckpt and not Path(ckpt).is_file():
+        raise ModelLoadError(f"teacher checkpoint {ckpt} is missing")
     try:
         model = timm.create_model(name, pretrained=not ckpt, checkpoint_path=ckpt or "",
                                   **({"num_classes": num_classes} if num_classes else {}))
-    except RuntimeError as e:
+    except (RuntimeError, OSError, ValueError) as e:
         raise ModelLoadError(f"teacher {spec!r} does not load: {str(e).splitlines()[0]}") from None
-    data_cfg = timm.data.resolve_data_config({}, model=model)
+    data_cfg = timm.data.resolve_model_data_config(model, use_test_size=True)  # eval-time size and norm
     config = TeacherConfig(model_name=name, num_classes=model.num_classes, in_chans=data_cfg["input_size"][0],
                            input_size=data_cfg["input_size"][-1], mean=list(data_cfg["mean"]),
                            std=list(data_cfg["std"]), classes=classes)

@@ -47,3 +47,24 @@ def test_bundled_uci_teacher_loads_and_classifies_its_test_split():
     test = load_dataset("uci-digits", "test")
     pred = teacher.logits(test.tensor(range(len(test)), 32, 1)).argmax(1).numpy()
     assert (pred == test.labels).mean() >= 0.97
+
+
+def test_timm_name_with_local_checkpoint_loads_through_timm(tmp_path):
+    """`NAME:CHECKPOINT` is timm.create_model(NAME, checkpoint_path=...), with timm's own preprocessing config."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    save_file(model.state_dict(), str(tmp_path / "ckpt.safetensors"))
+    teacher = load_teacher(f"resnet10t:{tmp_path / 'ckpt.safetensors'}", num_classes=10)
+    # timm's own eval config for resnet10t: test_input_size 224 (its train size is 176), ImageNet mean/std
+    assert teacher.config.input_size == 224 and teacher.config.in_chans == 3
+    assert teacher.config.mean == list(model.pretrained_cfg["mean"])
+    x = torch.rand(2, 1, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        expected = model(teacher.preprocess(x))
+    torch.testing.assert_close(teacher.logits(x), expected)
+    with pytest.raises(ModelLoadError, match="missing.safetensors is missing"):
+        load_teacher(f"resnet10t:{tmp_path / 'missing.safetensors'}", num_classes=10)
