@@ -145,3 +145,19 @@ def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_pa
 def test_bad_settings_are_named(kw, match):
     with pytest.raises(ConfigError, match=match):
         _config(**kw).validate()
+
+
+def test_q_candidates_share_one_sampler_batch_and_match_single_runs(tiny_backend, tiny_teacher):
+    cfg = _config(bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, q=2))
+    d = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+    plan, _ = d.seed_plan("4")
+    images = d.dataset.tensor(plan[0], 8, 1)
+    events = list(d.run_batch(images, ["a", "b", "c"], "4"))
+    steps = [e for e in events if isinstance(e, BOStep)]
+    assert [len(e.candidates) for e in steps] == [2, 2] and steps[-1].evaluations == 4
+    from adaptive_dd.sampler import noise_seed
+
+    seeds = [noise_seed(cfg.seed, 4, s) for s in range(3)]
+    for k, o in enumerate(steps[1].candidates):
+        alone = d.generate(images, "4", o.beta, o.gamma, seeds, proxy=True).images
+        torch.testing.assert_close(steps[1].proxy_images[k], alone, rtol=0, atol=1e-5)
