@@ -49,11 +49,6 @@ class ImageDataset:
             raise DataError(f"unknown class {name!r} in {self.name}; classes are {', '.join(self.classes)}")
         return self.classes.index(name)
 
-    def subset(self, indices: np.ndarray) -> "ImageDataset":
-        idx = [int(i) for i in indices]
-        return ImageDataset(self.name, self.classes, self.labels[idx], [self.ids[i] for i in idx],
-                            [self.images[i] for i in idx])
-
     def tensor(self, indices, size: int, channels: int) -> torch.Tensor:
         """Images as a float batch in [0, 1] of shape (n, channels, size, size)."""
         return to_tensor([self.images[int(i)] for i in indices], size, channels)
