@@ -1,52 +1,13 @@
 """The Stable Diffusion backend, end to end, on a tiny random pipeline saved to disk (no hub)."""
-import json
-
 import pytest
 import torch
 
 
-def _byte_symbols() -> list[str]:
-    """The 256 byte-level symbols of GPT-2/CLIP BPE (printable bytes as themselves, the rest shifted past 255)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def _tiny_tokenizer(directory):
-    """A CLIPTokenizer built offline: byte-level vocabulary, no merges, CLIP's special tokens."""
-    from transformers import CLIPTokenizer
-
-    symbols = _byte_symbols()
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
-
-
 @pytest.fixture(scope="module")
 def tiny_sd_dir(tmp_path_factory):
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from adaptive_dd.demo.random_sd import build_random_sd
 
-    d = tmp_path_factory.mktemp("tiny_sd")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-    tok_dir = tmp_path_factory.mktemp("tok")
-    tokenizer = _tiny_tokenizer(tok_dir)
-    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
-                                        layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5,
-                                        pad_token_id=1, vocab_size=len(tokenizer)))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(d)
-    return d
+    return build_random_sd(tmp_path_factory.mktemp("tiny_sd"), "tiny")
 
 
 def test_stable_diffusion_backend_runs_the_sampler_end_to_end(tiny_sd_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -23,9 +24,9 @@ from ..fidelity import fidelity, load_teacher
 from ..sampler import img2img, noise_seed
 
 
-def teacher_accuracy(name: str) -> float:
-    teacher, test = load_teacher(name), load_dataset(name, "test")
-    pred = teacher.logits(test.tensor(range(len(test)), teacher.config.input_size, 1)).argmax(1).numpy()
+def teacher_accuracy(name: str, device: str) -> float:
+    teacher, test = load_teacher(name, device), load_dataset(name, "test")
+    pred = teacher.logits(test.tensor(range(len(test)), teacher.config.input_size, 1)).argmax(1).cpu().numpy()
     return float((pred == test.labels).mean())
 
 
@@ -39,7 +40,7 @@ def pure_generation(backend, teacher, per_class: int, steps: int) -> dict[float,
     out = {}
     for beta in backend.default_betas:
         images = img2img(backend, grey, names, beta, 1.0, seeds, steps=steps).images
-        out[beta] = float((teacher.logits(images).argmax(1).numpy() == labels).mean())
+        out[beta] = float((teacher.logits(images).argmax(1).cpu().numpy() == labels).mean())
     return out
 
 
@@ -54,7 +55,7 @@ def img2img_consistency(backend, teacher, gamma: float, steps: int, per_class: i
     out = {}
     for beta in backend.default_betas:
         images = img2img(backend, seeds_img, names, beta, gamma, seeds, steps=steps).images
-        out[beta] = float((teacher.logits(images).argmax(1).numpy() == train.labels[idx]).mean())
+        out[beta] = float((teacher.logits(images).argmax(1).cpu().numpy() == train.labels[idx]).mean())
     return out
 
 
@@ -66,7 +67,7 @@ def beta_gamma_figure(backend, teacher, class_name: str, steps: int, path) -> No
     betas, gammas = backend.default_betas, DEFAULT_GAMMAS
     nb, ng = len(betas), len(gammas)
     images = img2img(backend, seed.repeat(nb * ng, 1, 1, 1), [class_name] * (nb * ng),
-                     np.repeat(betas, ng), np.tile(gammas, nb), [noise_seed(5, i)] * (nb * ng), steps=steps).images
+                     np.repeat(betas, ng), np.tile(gammas, nb), [noise_seed(5, i)] * (nb * ng), steps=steps).images.cpu()
     f = [fidelity(teacher.logits(seed), teacher.logits(images[k:k + 1])) for k in range(nb * ng)]
     cell, pad, left, top = 64, 18, 70, 40
     canvas = Image.new("RGB", (left + (ng + 1) * (cell + 4), top + nb * (cell + pad)), "white")
@@ -91,20 +92,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--figure-class", default="3")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is at hand")
     a = p.parse_args(argv)
     t0 = time.time()
     torch.manual_seed(0)
-    backend = create_backend("bundled")
-    report = {"teacher_accuracy": {n: teacher_accuracy(n) for n in ("uci-digits", "mnist-5k")}}
-    gen = pure_generation(backend, load_teacher("mnist-5k"), a.per_class, a.steps)
+    backend = create_backend("bundled", a.device)
+    report = {"teacher_accuracy": {n: teacher_accuracy(n, a.device) for n in ("uci-digits", "mnist-5k")}}
+    gen = pure_generation(backend, load_teacher("mnist-5k", a.device), a.per_class, a.steps)
     best = max(gen, key=gen.get)
     report["pure_generation"] = {"by_beta": gen, "best_beta": best, "best": gen[best]}
-    keep = img2img_consistency(backend, load_teacher("uci-digits"), 0.5, a.steps, a.per_class)
+    keep = img2img_consistency(backend, load_teacher("uci-digits", a.device), 0.5, a.steps, a.per_class)
     report["img2img_uci_gamma_0.5"] = {"by_beta": keep, "best_beta": max(keep, key=keep.get), "best": max(keep.values())}
-    beta_gamma_figure(backend, load_teacher("uci-digits"), a.figure_class, a.steps,
+    beta_gamma_figure(backend, load_teacher("uci-digits", a.device), a.figure_class, a.steps,
                       ASSETS / f"beta_gamma_grid_class{a.figure_class}.png")
     report["seconds"] = round(time.time() - t0, 1)
-    report["command"] = "python -m adaptive_dd.demo.quality " + " ".join(argv or [])
+    report["device"] = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
+    report["command"] = "python -m adaptive_dd.demo.quality " + " ".join(sys.argv[1:] if argv is None else argv)
     (ASSETS / "quality.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

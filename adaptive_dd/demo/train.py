@@ -13,7 +13,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -39,16 +38,21 @@ def backbone_unet():
     )
 
 
-def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path) -> None:
-    """DDPM epsilon-prediction training with 10% label dropout to the null class, EMA weights saved."""
+def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path, device: str = "cpu") -> None:
+    """DDPM epsilon-prediction training with 10% label dropout to the null class, EMA weights saved.
+
+    All randomness (batches, label dropout, noise, timesteps) is drawn on the CPU from one seeded generator,
+    so the data a run sees does not depend on the device; on CUDA, cuDNN is set to deterministic algorithms.
+    """
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     ds = load_builtin("mnist-5k", "train")
     x = ds.tensor(range(len(ds)), BACKBONE_SIZE, 1) * 2 - 1
     y = torch.from_numpy(ds.labels)
-    unet = backbone_unet()
+    unet = backbone_unet().to(device)
     ema = EMAModel(unet.parameters(), decay=0.999)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -64,6 +68,7 @@ def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path)
         labels[torch.rand(batch_size, generator=g) < 0.1] = NUM_CLASSES
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        x0, labels, noise, t = x0.to(device), labels.to(device), noise.to(device), t.to(device)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=labels).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -71,10 +76,11 @@ def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path)
         opt.step()
         sched.step()
         ema.step(unet.parameters())
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        losses.append(loss.detach())
+        if step % 50 == 0:  # the only host sync: keeps a GPU busy between reports
+            bar.set_postfix(loss=f"{float(torch.stack(losses[-50:]).mean()):.4f}")
     ema.copy_to(unet.parameters())
+    unet.cpu()
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
@@ -89,8 +95,10 @@ def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path)
         "trained_on": "mnist-5k (train split, assets/splits/mnist-5k.json)",
         "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": 0.999,
                      "label_dropout": 0.1, "seconds": round(time.time() - t0, 1),
-                     "final_loss": float(np.mean(losses[-200:])),
-                     "command": f"python -m adaptive_dd.demo.train backbone --steps {steps}"},
+                     "final_loss": float(torch.stack(losses[-200:]).mean()),
+                     "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+                     "command": f"python -m adaptive_dd.demo.train backbone --steps {steps} --batch-size "
+                                f"{batch_size} --lr {lr:g} --seed {seed} --device {device}"},
     }
     (out / "adaptive_dd.json").write_text(json.dumps(meta, indent=2))
     print(f"backbone saved to {out} in {time.time() - t0:.0f} s, final loss {meta['training']['final_loss']:.4f}")
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--lr", type=float, default=1e-3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", type=Path, default=BACKBONE_DIR)
+    b.add_argument("--device", default="cpu", help="cpu, or cuda when a GPU is at hand")
     t = sub.add_parser("teacher")
     t.add_argument("--data", choices=["uci-digits", "mnist-5k"], required=True)
     t.add_argument("--epochs", type=int, default=40)
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.what == "splits":
         write_splits()
     elif a.what == "backbone":
-        train_backbone(a.steps, a.batch_size, a.lr, a.seed, a.out)
+        train_backbone(a.steps, a.batch_size, a.lr, a.seed, a.out, a.device)
     else:
         train_teacher(a.data, a.epochs, a.batch_size, a.lr, a.seed, a.out or ASSETS / f"teacher-{a.data}")
 
