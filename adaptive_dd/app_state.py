@@ -405,7 +405,7 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
 
 
 def batch_readout(ev: BatchDone, st: ExploreState) -> str:
-    return (f"**β\\*** = {ev.beta:g} · **γ\\*** = {ev.gamma:g} · f_proxy = {ev.f_proxy:.4f} · "
+    return (f"**β\\*** = {ev.beta:g} · **γ\\*** = {ev.gamma:g} · f_proxy = {'—' if ev.f_proxy is None else f'{ev.f_proxy:.4f}'} · "
             f"**f_final** = {ev.f_final:.4f} · **diversity** (mean pairwise latent distance) = {ev.diversity:.3f} · "
             f"λ = {st.config.repulsion.weight:g}, bandwidth = {st.config.repulsion.bandwidth} · "
             f"BO {ev.seconds_bo:.1f} s, final {ev.seconds_final:.1f} s")
@@ -520,7 +520,7 @@ def distill_export(folder: str | None, data: str, classes: list[str] | None, ipc
                 yield (f"Class {ev.class_name}, batch {ev.batch_index}: β*={ev.beta:g}, γ*={ev.gamma:g} · "
                        f"{done}/{total} mini-batches", gr.skip(), gr.skip(), gr.skip())
             elif isinstance(ev, ClassDone):
-                rows.extend([ev.class_name, b["batch"], b["beta"], b["gamma"], round(b["f_proxy"], 5),
+                rows.extend([ev.class_name, b["batch"], b["beta"], b["gamma"], None if b["f_proxy"] is None else round(b["f_proxy"], 5),
                              round(b["f_final"], 5)] for b in ev.batches)
                 yield gr.skip(), list(rows), gr.skip(), gr.skip()
             elif isinstance(ev, RunDone):

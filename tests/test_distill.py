@@ -161,3 +161,19 @@ def test_q_candidates_share_one_sampler_batch_and_match_single_runs(tiny_backend
     for k, o in enumerate(steps[1].candidates):
         alone = d.generate(images, "4", o.beta, o.gamma, seeds, proxy=True).images
         torch.testing.assert_close(steps[1].proxy_images[k], alone, rtol=0, atol=1e-5)
+
+
+def test_a_one_point_grid_skips_bo_and_regenerates_at_that_point(tiny_backend, tiny_teacher):
+    """The fixed-parameter baselines: nothing to choose, so no proxy runs and f_proxy is None."""
+    from adaptive_dd.sampler import noise_seed
+
+    dist = Distiller(_config(classes=["1"], ipc=3, bo=BOConfig(betas=(2.0,), gammas=(0.7,), budget=8)),
+                     backend=tiny_backend, teacher=tiny_teacher)
+    events = list(dist.run())
+    assert [type(e).__name__ for e in events] == ["BatchDone", "ClassDone", "RunDone"]
+    done = events[0]
+    assert (done.beta, done.gamma, done.f_proxy, done.observations) == (2.0, 0.7, None, [])
+    plan, _ = dist.seed_plan("1")
+    seeds = dist.dataset.tensor(plan[0], tiny_backend.image_size, tiny_backend.channels)
+    same = dist.generate(seeds, "1", 2.0, 0.7, [noise_seed(7, 1, k) for k in done.slots], proxy=False)
+    torch.testing.assert_close(done.images, same.images, rtol=0, atol=0)
