@@ -1,13 +1,21 @@
-"""Command line: `adaptive-dd distill ...` (also `python -m adaptive_dd distill ...`)."""
+"""Command line: `adaptive-dd distill ...` (also `python -m adaptive_dd distill ...`).
+
+`accelerate launch [--num_processes N] -m adaptive_dd distill ...` spreads the classes over N processes (one per
+GPU); every run can be continued after a crash with `--resume`.
+"""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
+
+# Processes meet at a barrier after loading their models and again when their last class is done; a slow model
+# download or an uneven last class must not trip torch.distributed's default 10-30 min timeout.
+BARRIER_TIMEOUT = timedelta(hours=6)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -46,27 +54,44 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lam", "--lambda", dest="lam", type=float, help="repulsion weight (default: the backbone's)")
     d.add_argument("--bandwidth", type=_bandwidth, default="auto", help="RBF sigma, or auto (median heuristic)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available; cpu under accelerate --cpu)")
     d.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or Stable Diffusion id/path")
     d.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
     d.add_argument("--prompt", default="a photo of a {name}", help="Stable Diffusion prompt template")
     d.add_argument("--negative-prompt", default="")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing output folder that is not ours")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output folder that is not ours; "
+                   "without --resume, discard an interrupted run of OUT")
     d.add_argument("--zip", action="store_true", help="also write OUT.zip")
+    d.add_argument("--resume", action="store_true", help="continue the interrupted run of the same settings "
+                   "recorded beside OUT (refused, naming the fields, if the settings differ)")
     return p
 
 
-def _cuda() -> bool:
+def _default_device() -> str:
     import torch
+    from accelerate.utils import parse_flag_from_env
 
-    return torch.cuda.is_available()
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _processes(device: str):
+    """accelerate's view of the processes launched together (one process without a launcher).
+
+    With several processes on CUDA it binds each to its own GPU, so device "cuda" means that GPU.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.startswith("cpu"), timeout=BARRIER_TIMEOUT)
 
 
 def config_from_args(a: argparse.Namespace) -> DistillConfig:
     return DistillConfig(
         data=a.data, model=a.model, teacher=a.teacher,
         classes=[c.strip() for c in a.classes.split(",") if c.strip()] if a.classes is not None else None,
-        ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device, prompt=a.prompt, negative_prompt=a.negative_prompt,
+        ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device or _default_device(), prompt=a.prompt,
+        negative_prompt=a.negative_prompt,
         sampler=SamplerConfig(steps=a.steps, scheduler=a.scheduler, eta=a.eta),
         repulsion=RepulsionConfig(weight=a.lam, bandwidth=a.bandwidth),
         bo=BOConfig(betas=a.betas, gammas=a.gammas, budget=a.budget, kappa=a.kappa, q=a.q),
@@ -74,29 +99,64 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
 
 
 def distill(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .distill import BatchDone, ClassDone, Distiller, RunDone
-    from .export import check_output, export
+    from .distill import Distiller, Shard
+    from .export import ExportRun, check_output
 
     config = config_from_args(a).validate()
-    check_output(Path(a.out).absolute(), a.overwrite)
-    dist = Distiller(config)
-    n_batches = sum(len(dist.seed_plan(c)[0]) for c in dist.classes)
-    bar = tqdm(total=n_batches, unit="batch", desc="distill", file=sys.stderr)
-    for ev in export(dist.run(), a.out, config, dist.dataset.classes, dist.describe(), a.overwrite, a.zip):
-        if isinstance(ev, BatchDone):
-            bar.update(1)
-            bar.set_postfix_str(f"class {ev.class_name} batch {ev.batch_index}")
-        elif isinstance(ev, ClassDone):
-            rows = "; ".join(f"beta*={b['beta']:g} gamma*={b['gamma']:g} f={b['f_proxy']:.4f}" for b in ev.batches)
-            bar.write(f"class {ev.class_name}: {ev.n_images} images; {rows}"
-                      + (" (seeds wrapped: fewer than IPC in class)" if ev.wrapped else ""))
-        elif isinstance(ev, RunDone):
-            bar.close()
-            share = ev.seconds_bo / max(ev.seconds_bo + ev.seconds_final, 1e-9)
-            print(f"{ev.n_images} images in {ev.seconds:.1f} s ({ev.seconds / max(ev.n_images, 1):.3f} s/image, "
-                  f"BO {100 * share:.0f}% of sampling time) -> {os.path.abspath(a.out)}")
+    out = Path(a.out).absolute()
+    check_output(out, a.overwrite)
+    state = _processes(config.device)
+    try:
+        shard = Shard(state.process_index, state.num_processes, state.wait_for_everyone)
+        dist = Distiller(config)
+        run = ExportRun(out, config, dist.dataset.classes, dist.describe(), overwrite=a.overwrite, resumable=True,
+                        resume=a.resume, shard=shard)
+        return _distill_run(dist, run, shard, a.zip)
+    finally:
+        state.destroy_process_group()
+
+
+def _distill_run(dist, run, shard, make_zip: bool) -> int:
+    """Stream this process's share of the run through the export, reporting as batches and classes finish."""
+    from tqdm import tqdm
+
+    from .distill import BatchDone, ClassDone, RunDone
+
+    if run.finished:
+        list(run.write((), make_zip))
+        if shard.is_main:
+            print(f"nothing left to distill: {run.out} is complete")
+        return 0
+    done = run.progress.batches
+    if shard.is_main and done:
+        total = sum(len(dist.seed_plan(c)[0]) for c in dist.classes)
+        print(f"resuming {run.work}: {sum(map(len, done.values()))} of {total} mini-batches already done")
+    mine = dist.assigned(shard, run.progress)
+    n_batches = sum(len(dist.seed_plan(c)[0]) - len(done.get(c, {})) for c in mine)
+    desc = "distill" if shard.count == 1 else f"distill [process {shard.index + 1}/{shard.count}]"
+    bar = tqdm(total=n_batches, unit="batch", desc=desc, file=sys.stderr)
+    try:
+        for ev in run.write(dist.run(shard, run.progress), make_zip):
+            if isinstance(ev, BatchDone):
+                bar.update(1)
+                bar.set_postfix_str(f"class {ev.class_name} batch {ev.batch_index}")
+            elif isinstance(ev, ClassDone):
+                rows = "; ".join(f"beta*={b['beta']:g} gamma*={b['gamma']:g}"
+                                 + ("" if b["f_proxy"] is None else f" f={b['f_proxy']:.4f}")
+                                 for b in ev.batches)
+                bar.write(f"class {ev.class_name}: {ev.n_images} images; {rows}"
+                          + (" (seeds wrapped: fewer than IPC in class)" if ev.wrapped else ""))
+            elif isinstance(ev, RunDone):
+                bar.close()
+                share = ev.seconds_bo / max(ev.seconds_bo + ev.seconds_final, 1e-9)
+                where = f" -> {run.out}" if shard.is_main else f" (process {shard.index + 1}/{shard.count})"
+                print(f"{ev.n_images} images in {ev.seconds:.1f} s ({ev.seconds / max(ev.n_images, 1):.3f} s/image, "
+                      f"BO {100 * share:.0f}% of sampling time){where}")
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: the finished mini-batches are kept in {run.work}; run the same command with --resume "
+              f"to continue", file=sys.stderr)
+        return 130
     return 0
 
 

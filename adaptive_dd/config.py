@@ -113,6 +113,9 @@ class DistillConfig:
             raise ConfigError(f"m_seed must be >= 1, got {self.m_seed}")
         if self.classes is not None and not self.classes:
             raise ConfigError("the class list is empty")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            twice = next(c for c in self.classes if self.classes.count(c) > 1)
+            raise ConfigError(f"class {twice!r} is listed twice")
         if "{name}" not in self.prompt:
             raise ConfigError(f"the prompt template must contain {{name}}, got {self.prompt!r}")
         self.sampler.validate()

@@ -4,13 +4,16 @@ For every class: draw mini-batches of seeds (without replacement), run GP-UCB ov
 generations with half the steps (a BOStep event after every round), regenerate the seeds at the best OBSERVED
 (beta*, gamma*) with the full sampler and repulsion (BatchDone), until the class has exactly IPC images
 (ClassDone); RunDone closes the stream. The CLI, the app and the benchmarks consume this stream.
+
+Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
+so classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,6 +60,11 @@ class BatchDone:
     seconds_bo: float
     seconds_final: float
 
+    def summary(self) -> dict:
+        """The batch's row in ClassDone.batches; a resumed run gets the same rows back from Progress."""
+        return {"batch": self.batch_index, "beta": self.beta, "gamma": self.gamma, "f_proxy": self.f_proxy,
+                "f_final": self.f_final}
+
 
 @dataclass
 class ClassDone:
@@ -77,6 +85,37 @@ class RunDone:
 
 
 Event = BOStep | BatchDone | ClassDone | RunDone
+
+
+def _no_wait() -> None:
+    """The barrier of a single process: nothing to wait for."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place among the processes sharing one run (accelerate's process index and count).
+
+    wait is their barrier (accelerate's wait_for_everyone); process 0 is the one that writes shared files.
+    """
+
+    index: int = 0
+    count: int = 1
+    wait: Callable[[], None] = field(default=_no_wait, compare=False, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+
+ONE_PROCESS = Shard()
+
+@dataclass
+class Progress:
+    """What an interrupted run already wrote: the finished classes, and per class the finished batches'
+    summaries (the dicts ClassDone.batches holds), so a resumed run skips them and still reports them."""
+
+    classes: set[str] = field(default_factory=set)
+    batches: dict[str, dict[int, dict]] = field(default_factory=dict)
 
 
 def default_teacher(data: str) -> str:
@@ -164,28 +203,38 @@ class Distiller:
                         best.gamma, best.f, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
                         t1 - t0, t2 - t1)
 
-    def distill_class(self, class_name: str) -> Iterator[Event]:
+    def distill_class(self, class_name: str, finished: dict[int, dict] | None = None) -> Iterator[Event]:
+        """All mini-batches of one class; those in finished (batch index -> summary) are not run again."""
         plan, wrapped = self.seed_plan(class_name)
         c = self.dataset.class_index(class_name)
+        finished = finished or {}
         done = 0
         summaries = []
         for b, idx in enumerate(plan):
+            if b in finished:
+                summaries.append(finished[b])
+                done += len(idx)
+                continue
             images = self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
             ids = [self.dataset.ids[i] for i in idx]
             for ev in self.run_batch(images, ids, class_name, b, list(range(done, done + len(idx)))):
                 if isinstance(ev, BatchDone):
-                    summaries.append({"batch": b, "beta": ev.beta, "gamma": ev.gamma, "f_proxy": ev.f_proxy,
-                                      "f_final": ev.f_final})
+                    summaries.append(ev.summary())
                 yield ev
             done += len(idx)
         yield ClassDone(class_name, c, done, wrapped, summaries)
 
-    def run(self) -> Iterator[Event]:
-        """Algorithm 1 over all configured classes."""
+    def assigned(self, shard: Shard = ONE_PROCESS, progress: Progress | None = None) -> list[str]:
+        """This process's classes: the unfinished ones, dealt round-robin, so a resumed run stays balanced."""
+        finished = progress.classes if progress else set()
+        return [c for c in self.classes if c not in finished][shard.index::shard.count]
+
+    def run(self, shard: Shard = ONE_PROCESS, progress: Progress | None = None) -> Iterator[Event]:
+        """Algorithm 1 over this process's share of the configured classes, skipping what progress holds."""
         t0 = time.perf_counter()
         n, bo_s, final_s = 0, 0.0, 0.0
-        for name in self.classes:
-            for ev in self.distill_class(name):
+        for name in self.assigned(shard, progress):
+            for ev in self.distill_class(name, progress.batches.get(name) if progress else None):
                 if isinstance(ev, BatchDone):
                     n += len(ev.images)
                     bo_s += ev.seconds_bo
