@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,10 +133,19 @@ def load_builtin(name: str, split: str = "train") -> ImageDataset:
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode one image, converted to L or RGB; any problem is a DataError naming the file.
 
-    Modes such as RGBA, P, I;16 and CMYK are converted, not rejected; truncated files, non-images and
-    images over max_pixels (decompression bombs) are rejected.
+    Modes such as RGBA, P, I;16 and CMYK are converted, not rejected, and an animation gives its first frame;
+    truncated files, non-images, images over max_pixels (decompression bombs) and anything but a regular file
+    (a FIFO would block the read forever) are rejected.
     """
     path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
@@ -150,8 +160,6 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: image too large ({e})") from None
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
     except Image.UnidentifiedImageError:
         raise DataError(f"{path}: not an image file") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -196,19 +204,26 @@ def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDat
     else:
         base = root
     real_root = root.resolve()
+
+    def inside(p: Path) -> bool:
+        try:
+            return p.resolve().is_relative_to(real_root)
+        except (OSError, RuntimeError):  # a symlink loop: RuntimeError before Python 3.13, OSError since
+            raise DataError(f"{p}: a symlink loop") from None
+
     class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{base}: no class folders")
     classes, labels, ids, images = [], [], [], []
     for c, d in enumerate(class_dirs):
-        if not d.resolve().is_relative_to(real_root):
+        if not inside(d):
             raise DataError(f"{d}: class folder links outside {root}")
         files = sorted(p for p in d.iterdir() if not p.name.startswith("."))
         if not files:
             raise DataError(f"{d}: empty class folder")
         classes.append(d.name)
         for f in files:
-            if not f.resolve().is_relative_to(real_root):
+            if not inside(f):
                 raise DataError(f"{f}: links outside {root}")
             if f.is_dir():
                 raise DataError(f"{f}: nested folders are not supported inside a class folder")

@@ -6,6 +6,7 @@ the same code from a directory holding config.json and model.safetensors.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def load_teacher(spec: str, device: str | torch.device = "cpu", num_classes: int
     """Load a teacher by bundled name, directory, or timm spec `NAME[:CHECKPOINT]`.
 
     A bare timm name loads pretrained weights from the hub (or the local cache); `NAME:CHECKPOINT` loads a
-    local checkpoint (safetensors, or a torch file read with weights_only=True).
+    local checkpoint (safetensors, or a torch file read with weights_only=True: never an arbitrary pickle).
     """
     path = BUNDLED_TEACHERS.get(spec, Path(spec))
     if spec in BUNDLED_TEACHERS or path.is_dir():
@@ -128,8 +129,9 @@ def load_teacher(spec: str, device: str | torch.device = "cpu", num_classes: int
     if ckpt and not Path(ckpt).is_file():
         raise ModelLoadError(f"teacher checkpoint {ckpt} is missing")
     try:
-        model = timm.create_model(name, pretrained=not ckpt, checkpoint_path=ckpt or "",
-                                  **({"num_classes": num_classes} if num_classes else {}))
+        model = timm.create_model(name, pretrained=not ckpt, **({"num_classes": num_classes} if num_classes else {}))
+        if ckpt:
+            model.load_state_dict(read_checkpoint(Path(ckpt)), strict=True)
     except (RuntimeError, OSError, ValueError) as e:
         raise ModelLoadError(f"teacher {spec!r} does not load: {str(e).splitlines()[0]}") from None
     data_cfg = timm.data.resolve_model_data_config(model, use_test_size=True)  # eval-time size and norm
@@ -137,6 +139,31 @@ def load_teacher(spec: str, device: str | torch.device = "cpu", num_classes: int
                            input_size=data_cfg["input_size"][-1], mean=list(data_cfg["mean"]),
                            std=list(data_cfg["std"]), classes=classes)
     return Teacher(model, config).to(device)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a torch file read with weights_only=True, which refuses any pickled
+    object but tensors and plain containers: a checkpoint cannot run code. Unwraps timm's training checkpoints
+    (EMA weights first, as timm does) and DDP / torch.compile key prefixes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from timm.models import clean_state_dict
+
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, EOFError):
+        raise ModelLoadError(f"checkpoint {path} is refused: it is neither safetensors nor a torch file of plain "
+                             f"tensors (read with weights_only=True, which never runs pickled code)") from None
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    return clean_state_dict(state)
 
 
 def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

@@ -303,3 +303,30 @@ def test_nested_folder_in_class_is_refused(tmp_path: Path) -> None:
     (root / "a" / "sub").mkdir()
     with pytest.raises(DataError, match="sub: nested folders"):
         load_image_folder(root)
+
+
+# --- ImageFolder: entries that are not plain files or folders --------------------------------------------------
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"a": 1})
+    os.mkfifo(root / "a" / "pipe.png")  # opening it for reading would wait for a writer forever
+    with pytest.raises(DataError, match="pipe.png: not a regular file"):
+        load_image_folder(root)
+    with pytest.raises(DataError, match="pipe.png: not a regular file"):
+        open_image(root / "a" / "pipe.png")
+
+
+def test_symlink_loop(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"a": 1})
+    os.symlink(root / "a" / "loop.png", root / "a" / "loop.png")
+    with pytest.raises(DataError, match="loop.png: a symlink loop"):
+        load_image_folder(root)
+    with pytest.raises(DataError, match="loop.png: unreadable"):
+        open_image(root / "a" / "loop.png")
+
+
+def test_unicode_and_odd_class_folder_names_are_kept_as_names(tmp_path: Path) -> None:
+    names = ["café", "猫", "a b", "back\\slash", "new\nline", "-rf"]
+    root = _folder(tmp_path / "d", dict.fromkeys(names, 1))
+    ds = load_image_folder(root)
+    assert ds.classes == sorted(names) and len(ds) == len(names)
