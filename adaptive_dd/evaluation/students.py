@@ -1,0 +1,139 @@
+"""Students trained on a distilled set with the teacher's soft labels: RDED's protocol, scaled to 32 px digits.
+
+The student sees only the distilled images. Every step draws a batch, augments it (random resized crop with a
+mild scale range and a small rotation; digits are not flipped), asks the teacher for soft labels on exactly
+that augmented batch, and minimises KL(softmax(t/T) || softmax(s/T)) * T^2 with AdamW and a cosine schedule.
+Accuracy is measured on the target's test split, which is used for nothing else.
+
+Scaled down from RDED (300 epochs, CutMix, T = 20) to a fixed number of steps so that a CPU can train the
+benchmark's 144 students; the values below were set before any student was evaluated and are not tuned.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..fidelity import Teacher
+
+# Student names resolve to timm configurations scaled to 32 px digits (about 1M parameters each): the teacher's
+# family (ResNet) and a different one (ConvNeXt: patchify stem, depthwise 7x7 convolutions, LayerNorm).
+STUDENT_ARCHS: dict[str, tuple[str, dict]] = {
+    "resnet10t": ("resnet10t", {"stem_width": 16, "channels": [32, 64, 128, 256]}),
+    "convnext": ("convnext_atto", {"dims": (32, 64, 128, 256), "depths": (1, 1, 2, 1)}),
+}
+
+
+@dataclass
+class StudentConfig:
+    """How students are trained and tested; the defaults are the benchmark's."""
+
+    archs: tuple[str, ...] = ("resnet10t", "convnext")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 4.0
+    input_size: int = 32
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    crop_ratio: tuple[float, float] = (0.9, 1.1)
+    max_rotation: float = 10.0
+    normalize: tuple[float, float] = (0.5, 0.5)
+
+    def validate(self) -> StudentConfig:
+        unknown = [a for a in self.archs if a not in STUDENT_ARCHS and not _is_timm(a)]
+        if unknown:
+            raise ValueError(f"unknown student architecture(s) {unknown}: use {sorted(STUDENT_ARCHS)} or a timm name")
+        if self.steps < 1 or self.batch_size < 1 or not self.seeds:
+            raise ValueError("students need steps >= 1, batch_size >= 1 and at least one seed")
+        if "convnext" in self.archs and self.input_size < 32:
+            raise ValueError(f"the convnext student downsamples 32x: input_size {self.input_size} must be >= 32")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale {self.crop_scale} must satisfy 0 < low <= high <= 1")
+        return self
+
+
+def _is_timm(name: str) -> bool:
+    import timm
+
+    return name in timm.list_models()
+
+
+def build_student(arch: str, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """A randomly initialised student: a name from STUDENT_ARCHS, or any timm model name at its defaults."""
+    import timm
+
+    name, kwargs = STUDENT_ARCHS.get(arch, (arch, {}))
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def augment(x: torch.Tensor, cfg: StudentConfig, g: torch.Generator) -> torch.Tensor:
+    """Per-image random resized crop (area fraction in crop_scale, aspect in crop_ratio, anywhere inside the
+    image) and rotation, as one affine resampling to the student's input size."""
+    n = len(x)
+    u = torch.rand(n, 5, generator=g)
+    area = cfg.crop_scale[0] + (cfg.crop_scale[1] - cfg.crop_scale[0]) * u[:, 0]
+    log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    sx, sy = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+    tx, ty = (1 - sx) * (2 * u[:, 2] - 1), (1 - sy) * (2 * u[:, 3] - 1)
+    angle = torch.deg2rad((2 * u[:, 4] - 1) * cfg.max_rotation)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([sx * cos, -sy * sin, tx], 1), torch.stack([sx * sin, sy * cos, ty], 1)], 1)
+    size = [n, x.shape[1], cfg.input_size, cfg.input_size]
+    return F.grid_sample(x, F.affine_grid(theta, size, align_corners=False), align_corners=False,
+                         padding_mode="zeros")
+
+
+def student_input(images: torch.Tensor, in_chans: int, size: int) -> torch.Tensor:
+    """Images in [0, 1] brought to the student's channel count and size (the test set goes through this too)."""
+    x = images.float()
+    if x.shape[1] != in_chans:
+        x = x.mean(1, keepdim=True) if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def train_student(images: torch.Tensor, teacher: Teacher, arch: str, seed: int,
+                  cfg: StudentConfig = StudentConfig()) -> torch.nn.Module:
+    """Train one student on images (N, C, H, W) in [0, 1] with online soft labels; deterministic given seed."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    in_chans, num_classes = teacher.config.in_chans, teacher.config.num_classes
+    x = student_input(images, in_chans, cfg.input_size)
+    mean, std = cfg.normalize
+    model = build_student(arch, num_classes, in_chans).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    batch, t = min(cfg.batch_size, len(x)), cfg.temperature
+    order = torch.randperm(len(x), generator=g)
+    pos = 0
+    for _ in range(cfg.steps):
+        if pos + batch > len(order):  # epochs without replacement, a new permutation each time
+            order, pos = torch.randperm(len(x), generator=g), 0
+        xb = augment(x[order[pos:pos + batch]], cfg, g)
+        pos += batch
+        with torch.no_grad():
+            soft = F.softmax(teacher(xb).float() / t, -1)
+        loss = F.kl_div(F.log_softmax(model((xb - mean) / std) / t, -1), soft, reduction="batchmean") * t * t
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, in_chans: int,
+             cfg: StudentConfig = StudentConfig(), batch_size: int = 500) -> float:
+    mean, std = cfg.normalize
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = student_input(images[i:i + batch_size], in_chans, cfg.input_size)
+        correct += int((model((x - mean) / std).argmax(1) == labels[i:i + batch_size]).sum())
+    return correct / len(images)
