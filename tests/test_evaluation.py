@@ -114,3 +114,25 @@ def test_target_test_set_maps_labels_to_the_teacher_order(tiny_teacher):
     images, labels = target_test_set(test, tiny_teacher)
     assert images.shape == (len(test), 1, 16, 16)
     assert labels.tolist() == [int(test.classes[y]) for y in test.labels]
+
+
+def test_cli_evaluate(tiny_backend, tiny_teacher, tiny_teacher_dir, exported, tmp_path, capsys):
+    from adaptive_dd.cli import main
+
+    out = tmp_path / "all"
+    cfg = DistillConfig(data="uci-digits", ipc=2, m_seed=2, seed=0, sampler=SamplerConfig(steps=4),
+                        bo=BOConfig(betas=(1.0,), gammas=(0.5,)))
+    dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+    for _ in export(dist.run(), out, cfg, dist.dataset.classes, dist.describe()):
+        pass
+    rc = main(["evaluate", "--distilled", str(out), "--data", "uci-digits", "--teacher", str(tiny_teacher_dir),
+               "--archs", "resnet10t", "--seeds", "0,1", "--steps", "3", "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n_images"] == 20 and report["per_class"] == [2] * 10
+    assert len(report["students"]["resnet10t"]["acc"]) == 2 and "fid" in report["quality"]
+    assert "resnet10t  accuracy" in capsys.readouterr().out
+    rc = main(["evaluate", "--distilled", str(exported), "--data", "uci-digits", "--teacher", str(tiny_teacher_dir)])
+    assert rc == 2 and "class order differs" in capsys.readouterr().err
+    rc = main(["evaluate", "--distilled", str(out), "--data", "uci-digits", "--archs", "nope"])
+    assert rc == 2 and "unknown student" in capsys.readouterr().err
