@@ -228,8 +228,11 @@ class ExportRun:
         if not self.resumable:
             return "fresh"
         if not self.work.exists():
-            same = self._recorded(_read_json(self.out / MANIFEST)) == self._recorded(self.record)
-            return "complete" if resume and is_ours(self.out) and same else "fresh"
+            if not (resume and is_ours(self.out)):
+                return "fresh"
+            self._refuse_other_settings(_read_json(self.out / MANIFEST), f"the finished run in {self.out}",
+                                        "or without --resume to replace it")
+            return "complete"
         if not self.work.is_dir():
             raise ExportError(f"{self.work} is in the way of the work folder of {self.out}: remove it")
         if self.shard.is_main:
@@ -249,12 +252,15 @@ class ExportRun:
             done = len(list((self.work / PROGRESS).glob("c*b*.json")))
             raise ExportError(f"{self.work} holds an unfinished run of {self.out} ({done} mini-batches done): "
                               f"pass --resume to continue it, or --overwrite to discard it")
+        self._refuse_other_settings(recorded, f"the run recorded in {self.work}",
+                                    "or without --resume and with --overwrite to start over")
+        return state
+
+    def _refuse_other_settings(self, recorded: dict | None, what: str, instead: str) -> None:
         diff = _differences(self._recorded(recorded), self._recorded(self.record))
         if diff:
-            raise ExportError(f"cannot resume {self.out}: the run recorded in {self.work} was made with other "
-                              f"settings: {'; '.join(diff)}. Rerun with the recorded settings, or without --resume "
-                              f"and with --overwrite to start over")
-        return state
+            raise ExportError(f"cannot resume {self.out}: {what} was made with other settings: {'; '.join(diff)}. "
+                              f"Rerun with the recorded settings, {instead}")
 
     def _take_lock(self) -> None:
         """Hold an advisory lock on the work folder for the run's lifetime; the kernel drops it if we are killed."""
