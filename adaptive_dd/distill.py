@@ -53,7 +53,7 @@ class BatchDone:
     slots: list[int]
     beta: float
     gamma: float
-    f_proxy: float
+    f_proxy: float | None  # None when the grid is a single point: no proxy was run
     f_final: float
     diversity: float
     observations: list[Observation]
@@ -181,7 +181,8 @@ class Distiller:
         seed_logits = self.teacher.logits(seed_images)
         bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
                     seed=noise_seed(cfg.seed, c, batch_index, 1))
-        budget = min(cfg.bo.budget, len(self.betas) * len(cfg.bo.gammas))
+        grid_size = len(self.betas) * len(cfg.bo.gammas)
+        budget = 0 if grid_size == 1 else min(cfg.bo.budget, grid_size)  # a one-point grid leaves nothing to choose
         while len(bo.observations) < budget:
             points = bo.ask(min(cfg.bo.q, budget - len(bo.observations)))
             b = [bo.betas[i] for i, _ in points]
@@ -194,13 +195,14 @@ class Distiller:
             yield BOStep(class_name, c, batch_index, len(bo.observations), budget, bo.observations[-len(points):],
                          list(bo.observations), bo.posterior(), bo.best,
                          out.images.view(len(points), m, *out.images.shape[1:]), seed_images)
-        best = bo.best
+        beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if budget else \
+            (self.betas[0], cfg.bo.gammas[0], None)
         t1 = time.perf_counter()
-        final = self.generate(seed_images, class_name, best.beta, best.gamma, seeds, proxy=False)
+        final = self.generate(seed_images, class_name, beta, gamma, seeds, proxy=False)
         f_final = fidelity(seed_logits, self.teacher.logits(final.images))
         t2 = time.perf_counter()
-        yield BatchDone(class_name, c, batch_index, final.images, seed_images, list(seed_ids), slots, best.beta,
-                        best.gamma, best.f, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
+        yield BatchDone(class_name, c, batch_index, final.images, seed_images, list(seed_ids), slots, beta,
+                        gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
                         t1 - t0, t2 - t1)
 
     def distill_class(self, class_name: str, finished: dict[int, dict] | None = None) -> Iterator[Event]:
