@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
+from .evaluation.students import StudentConfig
 
 # Processes meet at a barrier after loading their models and again when their last class is done; a slow model
 # download or an uneven last class must not trip torch.distributed's default 10-30 min timeout.
@@ -64,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--zip", action="store_true", help="also write OUT.zip")
     d.add_argument("--resume", action="store_true", help="continue the interrupted run of the same settings "
                    "recorded beside OUT (refused, naming the fields, if the settings differ)")
+    e = sub.add_parser("evaluate", help="train students on a distilled set and measure quality and diversity",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`")
+    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against")
+    e.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
+    e.add_argument("--archs", default="resnet10t,convnext", help="student architectures (or timm names)")
+    e.add_argument("--seeds", default="0,1,2", help="student seeds")
+    e.add_argument("--steps", type=int, default=StudentConfig().steps, help="student optimisation steps")
+    e.add_argument("--no-quality", action="store_true", help="students only, no FID/KID/PRDC/Vendi")
+    e.add_argument("--json", help="also write the report to this file")
     return p
 
 
@@ -160,6 +171,39 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
     return 0
 
 
+def evaluate(a: argparse.Namespace) -> int:
+    import json
+
+    from .data import load_dataset
+    from .distill import default_teacher
+    from .evaluation import evaluate as run_evaluation
+    from .evaluation import load_distilled
+    from .fidelity import load_teacher
+
+    try:
+        cfg = StudentConfig(archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()),
+                            seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()), steps=a.steps).validate()
+    except ValueError as e:
+        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
+    dset = load_distilled(a.distilled)
+    teacher = load_teacher(a.teacher or default_teacher(a.data))
+    report = run_evaluation(dset, teacher, load_dataset(a.data, "test"), cfg, with_quality=not a.no_quality)
+    print(f"{report['set']}: {report['n_images']} images, per class {report['per_class']}; "
+          f"students on {report['test_split']} ({len(cfg.seeds)} seeds, {cfg.steps} steps)")
+    for arch, s in report["students"].items():
+        print(f"  {arch:<10} accuracy {100 * s['mean']:.2f} ± {100 * s['std']:.2f}  "
+              f"({', '.join(f'{100 * v:.1f}' for v in s['acc'])})")
+    if "quality" in report:
+        q = report["quality"]
+        print(f"  quality in {q['feature_space']}: FID {q['fid']:.2f}, KID {q['kid_mean']:.4f} ± {q['kid_std']:.4f}, "
+              f"precision {q['precision']:.3f}, recall {q['recall']:.3f}, density {q['density']:.3f}, "
+              f"coverage {q['coverage']:.3f}, Vendi-1 {q['vendi_1']:.2f}, Vendi-2 {q['vendi_2']:.2f}, "
+              f"RMI-2 {q['rmi_2']:.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
@@ -168,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     a = build_parser().parse_args(argv)
     try:
-        return distill(a)
+        return evaluate(a) if a.command == "evaluate" else distill(a)
     except (ConfigError, DataError, ExportError, ModelLoadError, ValueError) as e:
         print(f"adaptive-dd: error: {e}", file=sys.stderr)
         return 2
