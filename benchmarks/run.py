@@ -158,7 +158,7 @@ def write_tables(results: dict, ipcs: list[int], archs: tuple[str, ...], out: Pa
                 c = results[s][str(i)][m].get("cost")
                 if c:
                     t5.append(f"| {s} | {i} | {label} | {c['seconds_per_image']:.3f} | {100 * c['bo_share']:.0f}% | "
-                              f"{c['peak_rss_mb']:.0f} | {c['peak_rss_mb'] - c['rss_after_load_mb']:.0f} |")
+                              f"{c['peak_rss_mb']:.0f} | {max(0.0, c['peak_rss_mb'] - c['rss_after_load_mb']):.0f} |")
     t5 += ["", "| setting | IPC | repulsion overhead: final-pass seconds, ours / ours without repulsion "
            "(same (beta*, gamma*) per batch) |", "|---|---|---|"]
     for s in SETTINGS:
