@@ -109,6 +109,7 @@ class Shard:
 
 ONE_PROCESS = Shard()
 
+
 @dataclass
 class Progress:
     """What an interrupted run already wrote: the finished classes, and per class the finished batches'

@@ -42,6 +42,17 @@ class TeacherConfig:
                                  in_chans=self.in_chans, **self.model_kwargs)
 
 
+def fit_input(images: torch.Tensor, in_chans: int, size: int) -> torch.Tensor:
+    """Images in [0, 1] of any channel count and size brought to a classifier's (teachers' and students' alike):
+    grey from the channel mean, colour by repetition, bilinear antialiased resize."""
+    x = images.float()
+    if x.shape[1] != in_chans:
+        x = x.mean(1, keepdim=True) if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
 class Teacher(torch.nn.Module):
     """A classifier that takes images in [0, 1] at any size and channel count and returns logits."""
 
@@ -57,12 +68,7 @@ class Teacher(torch.nn.Module):
         return self.config.classes
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.mean.device, torch.float32)
-        if x.shape[1] != self.config.in_chans:
-            x = x.mean(1, keepdim=True) if self.config.in_chans == 1 else x.expand(-1, self.config.in_chans, -1, -1)
-        s = self.config.input_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        x = fit_input(images.to(self.mean.device), self.config.in_chans, self.config.input_size)
         return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -249,14 +249,16 @@ def main() -> None:
                       f"{runs[m]['seconds']:.1f} s; (beta*, gamma*) {sorted({(b['beta'], b['gamma']) for b in runs[m]['batches']})}",
                       flush=True)
     t_gen = time.time() - t_start
-    jobs, results = {}, {}
+    jobs, results, scored_as = {}, {}, {}
     with ProcessPoolExecutor(a.workers, mp_context=spawn, initializer=_init_student_worker) as pool:
         for s in SETTINGS:
             for i in ipcs:
                 for m, run in sets[s][str(i)].items():
                     twin = SAME_WITHOUT_PAIRS.get(m) if i == 1 else None
                     if twin and np.array_equal(run["images"], sets[s][str(i)][twin]["images"]):
+                        scored_as[s, i, m] = twin
                         continue
+                    scored_as[s, i, m] = m
                     for arch in scfg.archs:
                         for seed in scfg.seeds:
                             jobs[s, i, m, arch, seed] = pool.submit(
@@ -267,8 +269,7 @@ def main() -> None:
             for i in ipcs:
                 res = results.setdefault(s, {}).setdefault(str(i), {})
                 for m, run in sets[s][str(i)].items():
-                    twin = SAME_WITHOUT_PAIRS.get(m) if i == 1 else None
-                    src = twin if twin and (s, i, m, scfg.archs[0], scfg.seeds[0]) not in jobs else m
+                    src = scored_as[s, i, m]
                     dset = as_set(run, m)
                     entry = {"label": METHODS[m][0], "identical_to": src if src != m else None,
                              "students": {arch: summarize([jobs[s, i, src, arch, seed].result()

@@ -64,7 +64,7 @@ def load_distilled(directory: str | Path) -> DistilledSet:
             raise EvaluationError(str(e)) from None
         labels.append(classes.index(row["class"]))
     sizes = {im.size for im in pils}
-    if len(sizes) != 1 or len({w == h for w, h in sizes} - {True}):
+    if len(sizes) != 1 or any(w != h for w, h in sizes):
         raise EvaluationError(f"{directory}: images must be square and of one size, found {sorted(sizes)}")
     size = pils[0].size[0]
     channels = 1 if all(im.mode == "L" for im in pils) else 3

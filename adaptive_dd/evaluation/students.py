@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..fidelity import Teacher
+from ..fidelity import Teacher, fit_input
 
 # Student names resolve to timm configurations scaled to 32 px digits (about 1M parameters each): the teacher's
 # family (ResNet) and a different one (ConvNeXt: patchify stem, depthwise 7x7 convolutions, LayerNorm).
@@ -89,23 +89,13 @@ def augment(x: torch.Tensor, cfg: StudentConfig, g: torch.Generator) -> torch.Te
                          padding_mode="zeros")
 
 
-def student_input(images: torch.Tensor, in_chans: int, size: int) -> torch.Tensor:
-    """Images in [0, 1] brought to the student's channel count and size (the test set goes through this too)."""
-    x = images.float()
-    if x.shape[1] != in_chans:
-        x = x.mean(1, keepdim=True) if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
 def train_student(images: torch.Tensor, teacher: Teacher, arch: str, seed: int,
                   cfg: StudentConfig = StudentConfig()) -> torch.nn.Module:
     """Train one student on images (N, C, H, W) in [0, 1] with online soft labels; deterministic given seed."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     in_chans, num_classes = teacher.config.in_chans, teacher.config.num_classes
-    x = student_input(images, in_chans, cfg.input_size)
+    x = fit_input(images, in_chans, cfg.input_size)
     mean, std = cfg.normalize
     model = build_student(arch, num_classes, in_chans).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -134,6 +124,6 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     mean, std = cfg.normalize
     correct = 0
     for i in range(0, len(images), batch_size):
-        x = student_input(images[i:i + batch_size], in_chans, cfg.input_size)
+        x = fit_input(images[i:i + batch_size], in_chans, cfg.input_size)
         correct += int((model((x - mean) / std).argmax(1) == labels[i:i + batch_size]).sum())
     return correct / len(images)
