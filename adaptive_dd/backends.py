@@ -43,7 +43,8 @@ class Backend:
     dtype: torch.dtype
     description: str
 
-    def make_scheduler(self, name: str = "DDIMScheduler"):
+    def make_scheduler(self, name: str = "DDIMScheduler", **overrides):
+        """A fresh scheduler of class `name` from the backbone's scheduler config (overrides win)."""
         import diffusers
 
         if name in STOCHASTIC_SCHEDULERS:
@@ -52,7 +53,7 @@ class Backend:
         cls = getattr(diffusers, name, None)
         if cls is None or not hasattr(cls, "from_config"):
             raise ModelLoadError(f"unknown scheduler {name!r}: not a diffusers scheduler class")
-        return cls.from_config(self.scheduler_config)
+        return cls.from_config(self.scheduler_config, **overrides)
 
     def check_classes(self, names: list[str]) -> None:
         if self.classes is None:
