@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Read a value such as "-1,2" as a number list, not an option, so `--betas -1,2` reaches validation:
     # the pattern newer argparse releases use; older ones take only a single plain negative number.
     d._negative_number_matcher = re.compile(r"-\.?\d")
-    d.add_argument("--data", default="uci-digits", help="uci-digits, mnist-5k, or an ImageFolder directory")
+    d.add_argument("--data", default="uci-digits", help="uci-digits, mnist-5k, an ImageFolder directory (with or "
+                   "without train/ and test/), or a Hugging Face dataset saved with save_to_disk")
     d.add_argument("--out", required=True, help="output folder (ImageFolder layout + manifest.json)")
-    d.add_argument("--classes", help="comma-separated class names (default: all)")
+    d.add_argument("--classes", help="comma-separated class names or WordNet ids; the presets imagenette and "
+                   "imagewoof stand for their 10 wnids (default: all)")
     d.add_argument("--ipc", type=int, default=10, help="images per class")
     d.add_argument("--m-seed", type=int, default=10, help="seed images per mini-batch")
     d.add_argument("--budget", type=int, default=8, help="BO evaluations per mini-batch")
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bandwidth", type=_bandwidth, default="auto", help="RBF sigma, or auto (median heuristic)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available; cpu under accelerate --cpu)")
-    d.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or Stable Diffusion id/path")
+    d.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or a Stable Diffusion or DiT "
+                   "(e.g. facebook/DiT-XL-2-256) hub id or folder")
     d.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
     d.add_argument("--prompt", default="a photo of a {name}", help="Stable Diffusion prompt template")
     d.add_argument("--negative-prompt", default="")
@@ -97,10 +100,16 @@ def _processes(device: str):
     return PartialState(cpu=device.startswith("cpu"), timeout=BARRIER_TIMEOUT)
 
 
+def class_list(text: str | None) -> list[str] | None:
+    """A --classes value as a list, the ImageNet subset presets expanded to their wnids (in their anchors' order)."""
+    from .imagenet import expand_classes
+
+    return expand_classes([c.strip() for c in text.split(",") if c.strip()]) if text is not None else None
+
+
 def config_from_args(a: argparse.Namespace) -> DistillConfig:
     return DistillConfig(
-        data=a.data, model=a.model, teacher=a.teacher,
-        classes=[c.strip() for c in a.classes.split(",") if c.strip()] if a.classes is not None else None,
+        data=a.data, model=a.model, teacher=a.teacher, classes=class_list(a.classes),
         ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device or _default_device(), prompt=a.prompt,
         negative_prompt=a.negative_prompt,
         sampler=SamplerConfig(steps=a.steps, scheduler=a.scheduler, eta=a.eta),

@@ -8,19 +8,18 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def tiny_dit_dir(tmp_path_factory):
-    from adaptive_dd.demo.random_dit import main
-
-    out = tmp_path_factory.mktemp("tiny_dit") / "dit"
-    assert main([str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def dit(tiny_dit_dir):
     from adaptive_dd.backends import create_backend
 
     return create_backend(str(tiny_dit_dir))
+
+
+def test_random_dit_command_writes_a_folder_that_loads(tmp_path, capsys) -> None:
+    from adaptive_dd.backends import create_backend
+    from adaptive_dd.demo.random_dit import main
+
+    assert main([str(tmp_path / "dit"), "--num-classes", "3"]) == 0
+    assert create_backend(str(tmp_path / "dit")).null_condition(1).tolist() == [3]
 
 
 def test_random_dit_folder_loads_as_a_dit_backend(tiny_dit_dir, dit) -> None:
