@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
-from .evaluation.students import StudentConfig
+from .evaluation.students import PROTOCOLS
 
 # Processes meet at a barrier after loading their models and again when their last class is done; a slow model
 # download or an uneven last class must not trip torch.distributed's default 10-30 min timeout.
@@ -70,12 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "recorded beside OUT (refused, naming the fields, if the settings differ)")
     e = sub.add_parser("evaluate", help="train students on a distilled set and measure quality and diversity",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`")
-    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against")
+    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`, or any ImageFolder "
+                   "(classes from folder names, matched to the teacher's by name or WordNet id)")
+    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against (as "
+                   "distill's --data; a test/ folder, or a saved dataset's test or validation split)")
     e.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
-    e.add_argument("--archs", default="resnet10t,convnext", help="student architectures (or timm names)")
-    e.add_argument("--seeds", default="0,1,2", help="student seeds")
-    e.add_argument("--steps", type=int, default=StudentConfig().steps, help="student optimisation steps")
+    e.add_argument("--protocol", choices=list(PROTOCOLS), help="student protocol: " + "; ".join(
+        f"{k}: {v}" for k, v in PROTOCOLS.items()) + " (default: digits for the built-in sets, rded otherwise)")
+    e.add_argument("--archs", help="student architectures or timm names (default: the protocol's)")
+    e.add_argument("--seeds", help="student seeds (default: the protocol's, 0,1,2)")
+    e.add_argument("--steps", type=int, help="student optimisation steps, replacing the protocol's (digits: 300 "
+                   "steps; rded: 300 epochs)")
     e.add_argument("--no-quality", action="store_true", help="students only, no FID/KID/PRDC/Vendi")
     e.add_argument("--json", help="also write the report to this file")
     return p
@@ -180,6 +185,27 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
     return 0
 
 
+def student_config(a: argparse.Namespace, per_class: list[int]):
+    """The --protocol preset for the set (its IPC and class count), with --archs, --seeds and --steps applied."""
+    from dataclasses import replace
+
+    from .data import BUILTIN_DATASETS
+    from .evaluation.students import protocol
+
+    name = a.protocol or ("digits" if a.data in BUILTIN_DATASETS else "rded")
+    cfg = protocol(name, max(per_class), len(per_class))
+    try:
+        if a.archs is not None:
+            cfg = replace(cfg, archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()))
+        if a.seeds is not None:
+            cfg = replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()))
+        if a.steps is not None:
+            cfg = replace(cfg, steps=a.steps, epochs=None)
+        return name, cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
+
+
 def evaluate(a: argparse.Namespace) -> int:
     import json
 
@@ -189,16 +215,14 @@ def evaluate(a: argparse.Namespace) -> int:
     from .evaluation import load_distilled
     from .fidelity import load_teacher
 
-    try:
-        cfg = StudentConfig(archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()),
-                            seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()), steps=a.steps).validate()
-    except ValueError as e:
-        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
     dset = load_distilled(a.distilled)
+    name, cfg = student_config(a, dset.per_class())
     teacher = load_teacher(a.teacher or default_teacher(a.data))
     report = run_evaluation(dset, teacher, load_dataset(a.data, "test"), cfg, with_quality=not a.no_quality)
+    report["protocol"] = name
+    length = f"{cfg.steps} steps" if cfg.epochs is None else f"{cfg.epochs} epochs"
     print(f"{report['set']}: {report['n_images']} images, per class {report['per_class']}; "
-          f"students on {report['test_split']} ({len(cfg.seeds)} seeds, {cfg.steps} steps)")
+          f"students ({name} protocol) on {report['test_split']} ({len(cfg.seeds)} seeds, {length})")
     for arch, s in report["students"].items():
         print(f"  {arch:<10} accuracy {100 * s['mean']:.2f} ± {100 * s['std']:.2f}  "
               f"({', '.join(f'{100 * v:.1f}' for v in s['acc'])})")

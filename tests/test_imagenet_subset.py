@@ -84,6 +84,9 @@ def test_evaluate_scores_a_plain_image_folder(plain_set, wnid_folder, resnet18_c
     assert rc == 0, capsys.readouterr().err
     report = json.loads(report_path.read_text())
     assert report["n_images"] == 6 and report["per_class"] == [3, 3] and report["classes"] == WNIDS
+    # not a built-in set: RDED's protocol, its step count replaced by --steps
+    assert report["protocol"] == "rded" and report["student_config"]["input_size"] == 224
+    assert report["student_config"]["temperature"] == 20 and report["student_config"]["epochs"] is None
     assert "indices [0, 217]" in report["teacher_outputs"]
     acc = report["students"]["resnet10t"]["acc"][0]
     assert acc in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)  # 8 test images
@@ -98,3 +101,31 @@ def test_evaluate_refuses_a_plain_folder_whose_classes_the_teacher_lacks(plain_s
                str(tiny_teacher_dir), "--steps", "1"])
     assert rc == 2
     assert "class 'n01440764' does not match any of the teacher's classes (0, 1" in capsys.readouterr().err
+
+
+def test_a_plain_folder_is_relabelled_into_a_named_teachers_order(tmp_path, tiny_teacher) -> None:
+    from PIL import Image
+
+    from adaptive_dd.evaluation import load_distilled, match_classes
+
+    for name in ("7", "1"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        for k in range(2):
+            Image.new("L", (8, 8), 40 * k).save(tmp_path / "set" / name / f"{k}.png")
+    dset = load_distilled(tmp_path / "set")
+    assert not dset.ordered and dset.classes == ["1", "7"] and dset.labels.tolist() == [0, 0, 1, 1]
+    matched, teacher = match_classes(dset, tiny_teacher)
+    assert teacher is tiny_teacher and matched.classes == [str(i) for i in range(10)]
+    assert matched.labels.tolist() == [1, 1, 7, 7] and matched.per_class()[1] == matched.per_class()[7] == 2
+
+
+def test_test_split_streams_in_batches_in_the_teachers_order(wnid_folder, teacher1k) -> None:
+    from adaptive_dd.data import load_dataset
+    from adaptive_dd.evaluation import TestStream
+
+    teacher = align_teacher(teacher1k, list(reversed(WNIDS)))  # the set's order: springer first
+    stream = TestStream(load_dataset(str(wnid_folder), "test"), teacher, batch_size=3)
+    batches = list(stream)
+    assert [len(y) for _, y in batches] == [3, 3, 2] and batches[0][0].shape[:2] == (3, 3)
+    assert batches[0][0].shape[-1] == teacher.config.input_size
+    assert torch.cat([y for _, y in batches]).tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
