@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`, or any ImageFolder "
                    "(classes from folder names, matched to the teacher's by name or WordNet id)")
     e.add_argument("--data", required=True, help="the target dataset whose test split is measured against (as "
-                   "distill's --data; a test/ folder, or a saved dataset's test or validation split)")
+                   "distill's --data; a test/ or val/ folder, or a saved dataset's test or validation split)")
     e.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
     e.add_argument("--protocol", choices=list(PROTOCOLS), help="student protocol: " + "; ".join(
         f"{k}: {v}" for k, v in PROTOCOLS.items()) + " (default: digits for the built-in sets, rded otherwise)")

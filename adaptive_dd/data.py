@@ -216,8 +216,8 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
 def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDataset:
     """One sub-folder per class (sorted by name), every regular file an image, indexed without decoding.
 
-    A folder holding train/ (and test/) sub-folders uses the one named by split; otherwise the whole
-    folder is the train split. Symlinks that leave the root are refused; entries that are neither files nor
+    A folder holding train/ (and test/) sub-folders uses the one named by split, val/ standing in for a missing
+    test/; otherwise the whole folder is the train split. Symlinks that leave the root are refused; entries that are neither files nor
     folders (FIFOs, sockets) are refused while indexing, unreadable images when they are decoded.
     """
     root = Path(root)
@@ -225,6 +225,8 @@ def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDat
         raise DataError(f"{root}: {'not a directory' if root.exists() else 'no such directory'}")
     if (root / "train").is_dir():
         base = root / split
+        if split == "test" and not base.is_dir() and (root / "val").is_dir():
+            base = root / "val"  # ImageNet's and fastai's ImageNette/ImageWoof layout: train/ and val/
         if not base.is_dir():
             raise DataError(f"{root}: has no {split}/ folder")
     elif split not in ("train", "all"):

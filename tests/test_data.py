@@ -289,6 +289,14 @@ def test_train_and_test_subfolders(tmp_path: Path) -> None:
     assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1]
 
 
+def test_val_folder_stands_in_for_a_missing_test_folder(tmp_path: Path) -> None:
+    root = tmp_path / "nette"
+    _folder(root / "train", {"a": 2})
+    _folder(root / "val", {"a": 1})
+    test = load_dataset(str(root), "test")
+    assert len(test) == 1 and test.ids == ["val/a/0.png"]
+
+
 def test_missing_split_folders(tmp_path: Path) -> None:
     _folder(tmp_path / "tt" / "train", {"a": 1})
     with pytest.raises(DataError, match="has no test/ folder"):
