@@ -213,12 +213,18 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _visible_entries(folder: str | os.PathLike) -> list[os.DirEntry]:
+    """A folder's entries without hidden ones, sorted by name (os.scandir: no stat per file where avoidable)."""
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
 def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDataset:
     """One sub-folder per class (sorted by name), every regular file an image, indexed without decoding.
 
     A folder holding train/ (and test/) sub-folders uses the one named by split, val/ standing in for a missing
-    test/; otherwise the whole folder is the train split. Symlinks that leave the root are refused; entries that are neither files nor
-    folders (FIFOs, sockets) are refused while indexing, unreadable images when they are decoded.
+    test/; otherwise the whole folder is the train split. Symlinks that leave the root are refused; entries that
+    are neither files nor folders (FIFOs, sockets) are refused while indexing, unreadable images when decoded.
     """
     root = Path(root)
     if not root.is_dir():
@@ -249,14 +255,13 @@ def load_image_folder(root: str | os.PathLike, split: str = "train") -> ImageDat
             raise DataError(f"{entry.path}: {what}links outside {root}")
 
     prefix = "" if base == root else f"{base.name}/"
-    class_dirs = sorted((e for e in os.scandir(base) if not e.name.startswith(".") and e.is_dir()),
-                        key=lambda e: e.name)
+    class_dirs = [e for e in _visible_entries(base) if e.is_dir()]
     if not class_dirs:
         raise DataError(f"{base}: no class folders")
     classes, labels, ids = [], [], []
     for c, d in enumerate(class_dirs):
         check_inside(d, "class folder ")
-        files = sorted((e for e in os.scandir(d.path) if not e.name.startswith(".")), key=lambda e: e.name)
+        files = _visible_entries(d.path)
         if not files:
             raise DataError(f"{d.path}: empty class folder")
         classes.append(d.name)
