@@ -250,11 +250,11 @@ class DiTBackend(VAELatents, Backend):
         self.scheduler_config = dict(pipe.scheduler.config)
         self.image_size = int(cfg.sample_size) * self.vae_scale
         self.channels = 3
+        # id2label lives in model_index.json (DiTPipeline does not keep it): each id's first alias names its class
+        id2label = pipe.load_config(spec).get("id2label") or {}
         self.labels = dict(pipe.labels) or {str(i): i for i in range(self.num_classes)}
-        first = {}
-        for alias, i in sorted(self.labels.items(), key=lambda kv: kv[1]):
-            first.setdefault(i, alias)
-        self.classes = list(first.values())
+        self.classes = ([id2label[k].split(",")[0].strip() for k in sorted(id2label, key=int)] if id2label
+                        else list(self.labels))
         self.default_betas = DIT_BETAS
         self.default_lambda = SD_LAMBDA * self.latent_channels * int(cfg.sample_size) ** 2 / SD_LATENT_NUMEL
         self.description = (f"DiT {spec} ({self.image_size} px, {self.num_classes} classes, "

@@ -45,10 +45,17 @@ def test_a_model_with_other_classes_maps_names_only_through_its_labels(tmp_path)
     from adaptive_dd.backends import create_backend
     from adaptive_dd.demo.random_dit import build_random_dit
 
-    small = create_backend(str(build_random_dit(tmp_path / "dit10", num_classes=10)))
+    folder = build_random_dit(tmp_path / "dit10", num_classes=10)
+    small = create_backend(str(folder))
     assert small.classes[:2] == ["class 0", "class 1"] and small.condition(["class 3"]).tolist() == [3]
     assert small.null_condition(1).tolist() == [10]
     assert not small.supports("n01440764")  # a wnid means an ImageNet index only for 1000-class models
+    # hub folders list aliases ("tench, Tinca tinca"): each one conditions, the first names the class
+    index = json.loads((folder / "model_index.json").read_text())
+    index["id2label"] = {str(i): f"zebra {i}, Equus {i}" for i in range(10)}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    aliased = create_backend(str(folder))
+    assert aliased.classes[:2] == ["zebra 0", "zebra 1"] and aliased.condition(["Equus 7", "zebra 2"]).tolist() == [7, 2]
 
 
 def test_predict_noise_returns_the_noise_half_for_scalar_and_per_sample_timesteps(dit) -> None:
