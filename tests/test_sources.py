@@ -112,3 +112,20 @@ def test_imagenet_table_and_presets() -> None:
     assert len({c.name for c in table}) == 1000  # readable names are unique, but two only by case:
     assert imagenet.lookup("Cardigan").index == 264 and imagenet.lookup("cardigan").index == 474
     assert imagenet.lookup("CARDIGAN") is None
+
+
+def test_cli_distills_from_a_saved_hugging_face_dataset(tmp_path: Path, tiny_unet_dir, tiny_teacher_dir) -> None:
+    datasets = pytest.importorskip("datasets")
+    from adaptive_dd.cli import main
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["3", "5"])})
+    images = [Image.new("L", (8, 8), 20 * k) for k in range(6)]
+    datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features).save_to_disk(
+        str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    assert main(["distill", "--data", str(tmp_path / "hf"), "--model", str(tiny_unet_dir), "--teacher",
+                 str(tiny_teacher_dir), "--ipc", "2", "--steps", "4", "--betas", "1", "--gammas", "0.5",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    manifest = (out / "manifest.json").read_text()
+    assert sorted(p.parent.name for p in out.rglob("*.png")) == ["3", "3", "5", "5"]
+    assert '"train/0"' in manifest and '"train/1"' in manifest  # seed ids: the saved split's rows
