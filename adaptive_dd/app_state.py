@@ -114,6 +114,10 @@ def load_models(model: str = "bundled", teacher: str | None = None, device: str 
     backend = create_backend(model, device)
     if classes:
         backend.check_classes(classes)
+    for d, ds in datasets.items():
+        if not any(backend.supports(c) for c in ds.classes):
+            raise ModelLoadError(f"{d}: none of its classes ({', '.join(ds.classes[:5])}"
+                                 f"{', ...' if len(ds.classes) > 5 else ''}) is one the backbone can condition on")
     teachers, specs, errors = {}, {}, {}
     shared = load_teacher(teacher, device) if teacher else None
     for name in sources:
