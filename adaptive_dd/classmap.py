@@ -20,13 +20,6 @@ class ClassMatchError(ValueError):
     """Dataset classes that cannot be matched to a teacher's outputs; the message names the class."""
 
 
-def _same_class(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    ca, cb = imagenet.lookup(a), imagenet.lookup(b)
-    return ca is not None and ca == cb
-
-
 def is_imagenet_teacher(teacher: Teacher) -> bool:
     """1000 outputs and no class list: taken to be in ImageNet-1K's order."""
     return teacher.classes is None and teacher.config.num_classes == imagenet.NUM_CLASSES
@@ -41,7 +34,19 @@ def output_indices(classes: list[str], teacher: Teacher) -> list[int]:
                                   f"outputs without class names, so they cannot be matched")
         return list(range(len(classes)))
     names = [c.wnid for c in imagenet.classes()] if teacher.classes is None else list(teacher.classes)
-    found = [next((i for i, n in enumerate(names) if _same_class(c, n)), None) for c in classes]
+    by_name, by_imagenet = {}, {}
+    for i, n in enumerate(names):
+        by_name.setdefault(n, i)
+        if (c := imagenet.lookup(n)) is not None:
+            by_imagenet.setdefault(c.index, i)
+
+    def find(name: str) -> int | None:
+        if name in by_name:
+            return by_name[name]
+        c = imagenet.lookup(name)
+        return None if c is None else by_imagenet.get(c.index)
+
+    found = [find(c) for c in classes]
     missing = [c for c, i in zip(classes, found) if i is None]
     if missing:
         known = ("ImageNet-1K's classes (by WordNet id or readable name)" if teacher.classes is None
