@@ -64,6 +64,13 @@ def test_cli_distills_an_imagenet_subset_with_dit(tiny_dit_dir, resnet18_checkpo
         {"class": "n02102040", "wnid": "n02102040", "index": 217, "name": "English springer"}]
     assert "indices [0, 217]" in manifest["models"]["teacher_outputs"]
     assert manifest["models"]["backbone"].startswith("DiT ")
+    # and the set scores with the same teacher, restricted the same way
+    rc = main(["evaluate", "--distilled", str(out), "--data", str(wnid_folder), "--teacher",
+               f"resnet18:{resnet18_checkpoint}", "--archs", "resnet10t", "--seeds", "0", "--steps", "1",
+               "--no-quality", "--json", str(tmp_path / "r.json")])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["class_order_from"] == "manifest" and report["per_class"] == [2, 2]
 
 
 @pytest.fixture(scope="module")
