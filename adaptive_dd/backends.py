@@ -48,7 +48,8 @@ class Backend:
     dtype: torch.dtype
     description: str
 
-    def make_scheduler(self, name: str = "DDIMScheduler"):
+    def make_scheduler(self, name: str = "DDIMScheduler", **overrides):
+        """A fresh scheduler of class `name` from the backbone's scheduler config (overrides win)."""
         import diffusers
 
         if name in STOCHASTIC_SCHEDULERS:
@@ -57,7 +58,7 @@ class Backend:
         cls = getattr(diffusers, name, None)
         if cls is None or not hasattr(cls, "from_config"):
             raise ModelLoadError(f"unknown scheduler {name!r}: not a diffusers scheduler class")
-        return cls.from_config(self.scheduler_config)
+        return cls.from_config(self.scheduler_config, **overrides)
 
     def supports(self, name: str) -> bool:
         """Whether the backbone can condition on the class name."""

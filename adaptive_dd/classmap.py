@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from . import imagenet
-from .fidelity import Teacher
+from .fidelity import Embedding, Teacher
 
 
 class ClassMatchError(ValueError):
@@ -68,6 +68,11 @@ class SubsetTeacher(Teacher):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return super().forward(images)[:, self.indices]
+
+    def embed(self, images: torch.Tensor, batch_size: int = 256) -> Embedding:
+        """The objectives' view (logits and features from one trunk pass), logits restricted like forward's."""
+        view = super().embed(images, batch_size)
+        return dataclasses.replace(view, logits=view.logits[:, self.indices])
 
     def describe(self) -> str:
         return (f"soft labels restricted to {len(self.indices)} of the teacher's {self.source_outputs} outputs "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
 from .evaluation.students import PROTOCOLS
+from .fidelity import OBJECTIVES
 
 # Processes meet at a barrier after loading their models and again when their last class is done; a slow model
 # download or an uneven last class must not trip torch.distributed's default 10-30 min timeout.
@@ -51,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kappa", type=float, default=2.0, help="UCB exploration weight")
     d.add_argument("--betas", type=_floats, help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
     d.add_argument("--gammas", type=_floats, default=BOConfig().gammas, help="strength grid, in (0, 1]")
-    d.add_argument("--steps", type=int, default=50, help="full sampler steps (proxies use half)")
+    d.add_argument("--steps", type=int, default=50, help="full sampler steps")
+    d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
+                   "full sampler starts and take every (steps // proxy-steps)-th step (default: every other)")
+    d.add_argument("--objective", choices=list(OBJECTIVES), default=BOConfig().objective,
+                   help="what BO maximises: " + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
+    d.add_argument("--temperature", type=float, help="teacher temperature of the objective (default: 1 for the "
+                   "KL objectives, 20 for confidence)")
+    d.add_argument("--novelty-weight", type=float, default=BOConfig().novelty_weight,
+                   help="w of the kl_novelty objective")
+    d.add_argument("--n-initial", type=int, default=BOConfig().n_initial,
+                   help="BO's initial design: the grid's corners, then Latin points")
     d.add_argument("--scheduler", default="DDIMScheduler", help="a diffusers scheduler class")
     d.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     d.add_argument("--lam", "--lambda", dest="lam", type=float, help="repulsion weight (default: the backbone's)")
@@ -117,9 +128,10 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
         data=a.data, model=a.model, teacher=a.teacher, classes=class_list(a.classes),
         ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device or _default_device(), prompt=a.prompt,
         negative_prompt=a.negative_prompt,
-        sampler=SamplerConfig(steps=a.steps, scheduler=a.scheduler, eta=a.eta),
+        sampler=SamplerConfig(steps=a.steps, proxy_steps=a.proxy_steps, scheduler=a.scheduler, eta=a.eta),
         repulsion=RepulsionConfig(weight=a.lam, bandwidth=a.bandwidth),
-        bo=BOConfig(betas=a.betas, gammas=a.gammas, budget=a.budget, kappa=a.kappa, q=a.q),
+        bo=BOConfig(betas=a.betas, gammas=a.gammas, budget=a.budget, kappa=a.kappa, q=a.q, n_initial=a.n_initial,
+                    objective=a.objective, temperature=a.temperature, novelty_weight=a.novelty_weight),
     )
 
 

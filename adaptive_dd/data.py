@@ -28,6 +28,7 @@ DIGIT_CLASSES = [str(i) for i in range(10)]
 MAX_IMAGE_PIXELS = 4096 * 4096
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
+VAL_FRACTION = 0.2  # of the original train split; for choosing settings (benchmarks), never for a reported number
 
 
 class DataError(ValueError):
@@ -137,19 +138,29 @@ def load_split(name: str) -> dict[str, list[int]]:
     return json.loads(path.read_text())
 
 
+def train_val_test(labels: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """The fixed splits: test as stratified_split gives it, then val carved (stratified, seed + 1) out of the rest,
+    so train, val and test are disjoint and test is what it always was."""
+    rest, test = stratified_split(labels)
+    keep, val = stratified_split(labels[rest], VAL_FRACTION, SPLIT_SEED + 1)
+    return [rest[i] for i in keep], [rest[i] for i in val], test
+
+
 def write_splits() -> None:
-    """Write the fixed train/test index lists of the built-in datasets to assets/splits/."""
+    """Write the fixed train/val/test index lists of the built-in datasets to assets/splits/."""
     SPLITS_DIR.mkdir(parents=True, exist_ok=True)
     for name in BUILTIN_DATASETS:
         _, y = _builtin_arrays(name)
-        train, test = stratified_split(y)
+        train, val, test = train_val_test(y)
         split_path(name).write_text(json.dumps(
-            {"dataset": name, "seed": SPLIT_SEED, "test_fraction": TEST_FRACTION, "train": train, "test": test}))
+            {"dataset": name, "seed": SPLIT_SEED, "test_fraction": TEST_FRACTION, "val_fraction": VAL_FRACTION,
+             "train": train, "val": val, "test": test}))
 
 
 def load_builtin(name: str, split: str = "train") -> ImageDataset:
-    if split not in ("train", "test", "all"):
-        raise DataError(f"unknown split {split!r}; use train, test or all")
+    """A built-in set's split: train (the seed pool), val (for choosing settings), test, or all."""
+    if split not in ("train", "val", "test", "all"):
+        raise DataError(f"unknown split {split!r}; use train, val, test or all")
     x, y = _builtin_arrays(name)
     idx = np.arange(len(y)) if split == "all" else np.asarray(load_split(name)[split])
     pixels = x[idx]

@@ -26,6 +26,9 @@ def test_a_1000_output_teacher_is_restricted_to_the_subset(teacher1k) -> None:
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     full = teacher1k.logits(x)
     torch.testing.assert_close(sub.logits(x), full[:, [0, 217]])
+    view = sub.embed(x)  # what the BO objectives score: the same restriction, the trunk's features unchanged
+    torch.testing.assert_close(view.logits, full[:, [0, 217]])
+    torch.testing.assert_close(view.features, teacher1k.features(x))
     soft = torch.softmax(sub.logits(x) / 20, -1)  # the students' soft labels: over exactly those two outputs
     torch.testing.assert_close(soft.sum(1), torch.ones(3))
     restricted = torch.softmax(full / 20, -1)[:, [0, 217]]
@@ -51,10 +54,9 @@ def test_cli_distills_an_imagenet_subset_with_dit(tiny_dit_dir, resnet18_checkpo
     from adaptive_dd.cli import main
 
     out = tmp_path / "out"
-    # --gammas: with 4 steps, proxies run 2, and int(2 * 0.3) = 0 steps for the default grid's smallest gamma
     rc = main(["distill", "--data", str(wnid_folder), "--model", str(tiny_dit_dir), "--teacher",
-               f"resnet18:{resnet18_checkpoint}", "--ipc", "2", "--budget", "2", "--steps", "4", "--gammas", "0.5,0.9",
-               "--out", str(out), "--device", "cpu"])
+               f"resnet18:{resnet18_checkpoint}", "--ipc", "2", "--budget", "2", "--steps", "4", "--out", str(out),
+               "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.relative_to(out).parent.name for p in out.rglob("*.png")) == sorted(WNIDS * 2)
     manifest = json.loads((out / "manifest.json").read_text())
