@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
-from .evaluation.students import StudentConfig
+from .evaluation.students import PROTOCOLS
 from .fidelity import OBJECTIVES
 
 # Processes meet at a barrier after loading their models and again when their last class is done; a slow model
@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Read a value such as "-1,2" as a number list, not an option, so `--betas -1,2` reaches validation:
     # the pattern newer argparse releases use; older ones take only a single plain negative number.
     d._negative_number_matcher = re.compile(r"-\.?\d")
-    d.add_argument("--data", default="uci-digits", help="uci-digits, mnist-5k, or an ImageFolder directory")
+    d.add_argument("--data", default="uci-digits", help="uci-digits, mnist-5k, an ImageFolder directory (with or "
+                   "without train/ and test/), or a Hugging Face dataset saved with save_to_disk")
     d.add_argument("--out", required=True, help="output folder (ImageFolder layout + manifest.json)")
-    d.add_argument("--classes", help="comma-separated class names (default: all)")
+    d.add_argument("--classes", help="comma-separated class names or WordNet ids; the presets imagenette and "
+                   "imagewoof stand for their 10 wnids (default: all)")
     d.add_argument("--ipc", type=int, default=10, help="images per class")
     d.add_argument("--m-seed", type=int, default=10, help="seed images per mini-batch")
     d.add_argument("--budget", type=int, default=8, help="BO evaluations per mini-batch")
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bandwidth", type=_bandwidth, default="auto", help="RBF sigma, or auto (median heuristic)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available; cpu under accelerate --cpu)")
-    d.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or Stable Diffusion id/path")
+    d.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or a Stable Diffusion or DiT "
+                   "(e.g. facebook/DiT-XL-2-256) hub id or folder")
     d.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
     d.add_argument("--prompt", default="a photo of a {name}", help="Stable Diffusion prompt template")
     d.add_argument("--negative-prompt", default="")
@@ -78,12 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "recorded beside OUT (refused, naming the fields, if the settings differ)")
     e = sub.add_parser("evaluate", help="train students on a distilled set and measure quality and diversity",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`")
-    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against")
+    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`, or any ImageFolder "
+                   "(classes from folder names, matched to the teacher's by name or WordNet id)")
+    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against (as "
+                   "distill's --data; a test/ or val/ folder, or a saved dataset's test or validation split)")
     e.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
-    e.add_argument("--archs", default="resnet10t,convnext", help="student architectures (or timm names)")
-    e.add_argument("--seeds", default="0,1,2", help="student seeds")
-    e.add_argument("--steps", type=int, default=StudentConfig().steps, help="student optimisation steps")
+    e.add_argument("--protocol", choices=list(PROTOCOLS), help="student protocol: " + "; ".join(
+        f"{k}: {v}" for k, v in PROTOCOLS.items()) + " (default: digits for the built-in sets, rded otherwise)")
+    e.add_argument("--archs", help="student architectures or timm names (default: the protocol's)")
+    e.add_argument("--seeds", help="student seeds (default: the protocol's, 0,1,2)")
+    e.add_argument("--steps", type=int, help="student optimisation steps, replacing the protocol's (digits: 300 "
+                   "steps; rded: 300 epochs)")
     e.add_argument("--no-quality", action="store_true", help="students only, no FID/KID/PRDC/Vendi")
     e.add_argument("--json", help="also write the report to this file")
     return p
@@ -108,10 +116,16 @@ def _processes(device: str):
     return PartialState(cpu=device.startswith("cpu"), timeout=BARRIER_TIMEOUT)
 
 
+def class_list(text: str | None) -> list[str] | None:
+    """A --classes value as a list, the ImageNet subset presets expanded to their wnids (in their anchors' order)."""
+    from .imagenet import expand_classes
+
+    return expand_classes([c.strip() for c in text.split(",") if c.strip()]) if text is not None else None
+
+
 def config_from_args(a: argparse.Namespace) -> DistillConfig:
     return DistillConfig(
-        data=a.data, model=a.model, teacher=a.teacher,
-        classes=[c.strip() for c in a.classes.split(",") if c.strip()] if a.classes is not None else None,
+        data=a.data, model=a.model, teacher=a.teacher, classes=class_list(a.classes),
         ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device or _default_device(), prompt=a.prompt,
         negative_prompt=a.negative_prompt,
         sampler=SamplerConfig(steps=a.steps, proxy_steps=a.proxy_steps, scheduler=a.scheduler, eta=a.eta),
@@ -183,6 +197,27 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
     return 0
 
 
+def student_config(a: argparse.Namespace, per_class: list[int]):
+    """The --protocol preset for the set (its IPC and class count), with --archs, --seeds and --steps applied."""
+    from dataclasses import replace
+
+    from .data import BUILTIN_DATASETS
+    from .evaluation.students import protocol
+
+    name = a.protocol or ("digits" if a.data in BUILTIN_DATASETS else "rded")
+    cfg = protocol(name, max(per_class), len(per_class))
+    try:
+        if a.archs is not None:
+            cfg = replace(cfg, archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()))
+        if a.seeds is not None:
+            cfg = replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()))
+        if a.steps is not None:
+            cfg = replace(cfg, steps=a.steps, epochs=None)
+        return name, cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
+
+
 def evaluate(a: argparse.Namespace) -> int:
     import json
 
@@ -192,16 +227,14 @@ def evaluate(a: argparse.Namespace) -> int:
     from .evaluation import load_distilled
     from .fidelity import load_teacher
 
-    try:
-        cfg = StudentConfig(archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()),
-                            seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()), steps=a.steps).validate()
-    except ValueError as e:
-        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
     dset = load_distilled(a.distilled)
+    name, cfg = student_config(a, dset.per_class())
     teacher = load_teacher(a.teacher or default_teacher(a.data))
     report = run_evaluation(dset, teacher, load_dataset(a.data, "test"), cfg, with_quality=not a.no_quality)
+    report["protocol"] = name
+    length = f"{cfg.steps} steps" if cfg.epochs is None else f"{cfg.epochs} epochs"
     print(f"{report['set']}: {report['n_images']} images, per class {report['per_class']}; "
-          f"students on {report['test_split']} ({len(cfg.seeds)} seeds, {cfg.steps} steps)")
+          f"students ({name} protocol) on {report['test_split']} ({len(cfg.seeds)} seeds, {length})")
     for arch, s in report["students"].items():
         print(f"  {arch:<10} accuracy {100 * s['mean']:.2f} ± {100 * s['std']:.2f}  "
               f"({', '.join(f'{100 * v:.1f}' for v in s['acc'])})")

@@ -21,6 +21,7 @@ import torch
 
 from .backends import Backend, create_backend
 from .bo import GridBO, GridPosterior, Observation
+from .classmap import align_teacher, class_notes
 from .config import ConfigError, DistillConfig
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
 from .fidelity import Teacher, load_teacher
@@ -140,7 +141,8 @@ class Distiller:
         teacher_spec = None if teacher is not None else (config.teacher or default_teacher(config.data))
         self.backend = backend or create_backend(config.model, config.device, config.prompt, config.negative_prompt)
         self.backend.check_classes(self.classes)
-        self.teacher = teacher or load_teacher(teacher_spec, config.device)
+        # an ImageNet teacher on an ImageNet subset: only the subset's outputs (classmap.py)
+        self.teacher = align_teacher(teacher or load_teacher(teacher_spec, config.device), self.dataset.classes)
         self.betas = tuple(config.bo.betas or self.backend.default_betas)
         weight = config.repulsion.weight
         self.weight = self.backend.default_lambda if weight is None else float(weight)
@@ -150,7 +152,7 @@ class Distiller:
         """The loaded models and resolved defaults, for manifests and the app's models panel."""
         return {"backbone": self.backend.description, "teacher": self.teacher.config.model_name,
                 "lambda": self.weight, "betas": list(self.betas), "objective": self.objective.name,
-                "objective_temperature": self.objective.tau}
+                "objective_temperature": self.objective.tau, **class_notes(self.classes, self.teacher)}
 
     def target_index(self, class_name: str) -> int:
         """The teacher output that stands for class_name: by the teacher's class names when it has them, else

@@ -112,8 +112,9 @@ def test_truncated_png(tmp_path: Path) -> None:
     data = full.read_bytes()
     bad = root / "a" / "cut.png"
     bad.write_bytes(data[: len(data) // 2])
+    ds = load_image_folder(root)  # indexing decodes nothing: the bad file is reported when it is read
     with pytest.raises(DataError, match="cut.png.*truncated"):
-        load_image_folder(root)
+        ds.tensor(range(len(ds)), 8, 1)
 
 
 @pytest.mark.parametrize("name,content", [("zero.png", b""), ("text.png", b"not a picture\n"),
@@ -121,8 +122,9 @@ def test_truncated_png(tmp_path: Path) -> None:
 def test_non_image_files(tmp_path: Path, name: str, content: bytes) -> None:
     root = _folder(tmp_path / "d", {"a": 1})
     (root / "a" / name).write_bytes(content)
+    ds = load_image_folder(root)
     with pytest.raises(DataError, match=rf"{name}: not an image file"):
-        load_image_folder(root)
+        ds.images[ds.ids.index(f"a/{name}")]
 
 
 def test_empty_class_folder(tmp_path: Path) -> None:
@@ -291,6 +293,14 @@ def test_train_and_test_subfolders(tmp_path: Path) -> None:
     assert len(test) == 2 and all(i.startswith("test/") for i in test.ids)
     assert train.classes == test.classes == ["a", "b"]
     assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1]
+
+
+def test_val_folder_stands_in_for_a_missing_test_folder(tmp_path: Path) -> None:
+    root = tmp_path / "nette"
+    _folder(root / "train", {"a": 2})
+    _folder(root / "val", {"a": 1})
+    test = load_dataset(str(root), "test")
+    assert len(test) == 1 and test.ids == ["val/a/0.png"]
 
 
 def test_missing_split_folders(tmp_path: Path) -> None:

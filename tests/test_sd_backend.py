@@ -25,6 +25,8 @@ def test_stable_diffusion_backend_runs_the_sampler_end_to_end(tiny_sd_dir):
     # prompts differ per class: the condition embeddings differ, the null (negative prompt) one is shared
     c = backend.condition(["tench", "goldfish"])
     assert not torch.allclose(c[0], c[1]) and backend.null_condition(2).shape == c.shape
+    # an ImageNet class folder named by its WordNet id prompts with the readable name
+    torch.testing.assert_close(backend.condition(["n01440764"]), c[:1], rtol=0, atol=0)
     alone = img2img(backend, seeds[:1], ["tench"], 2.0, 0.5, [1], steps=6)
     pair = img2img(backend, seeds[:2], ["tench", "goldfish"], [2.0, 5.0], [0.5, 0.8], [1, 2], steps=6)
     torch.testing.assert_close(pair.images[:1], alone.images, rtol=0, atol=1e-4)
