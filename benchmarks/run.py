@@ -364,10 +364,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads for generation")
     p.add_argument("--out", type=Path, help="default: benchmarks/results (--quick: benchmarks/results/quick)")
     p.add_argument("--validation", type=Path, help="reuse this validation.json instead of running the stage")
+    p.add_argument("--ipcs", default=None, help="comma-separated IPCs of the test stage (default: 1,10; --quick: 1)")
+    p.add_argument("--no-grid", action="store_true", help="skip the objective-grid figure (keep the one on disk)")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated settings of the test stage")
     a = p.parse_args()
+    for name in set(SETTINGS) - set(a.settings.split(",")):
+        del SETTINGS[name]
     a.out = a.out or (RESULTS / "quick" if a.quick else RESULTS)
     t_start = time.time()
-    ipcs = [1] if a.quick else [1, 10]
+    ipcs = [int(i) for i in a.ipcs.split(",")] if a.ipcs else [1] if a.quick else [1, 10]
     scfg = StudentConfig(seeds=(0,), steps=100) if a.quick else StudentConfig()
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(a.threads)
@@ -375,8 +380,8 @@ def main() -> None:
     grid = Distiller(DistillConfig(data="uci-digits"), dataset=load_dataset("uci-digits", "train")).betas
     pool = ProcessPoolExecutor(a.workers, mp_context=spawn, initializer=_init_student_worker)
     cache: dict[str, dict] = {}
-    grids = objective_grid(a.quick, a.out)
-    print(f"[{time.time() - t_start:6.0f} s] objective grid written", flush=True)
+    grids = None if a.no_grid else objective_grid(a.quick, a.out)
+    print(f"[{time.time() - t_start:6.0f} s] objective grid {'skipped' if a.no_grid else 'written'}", flush=True)
     if a.validation:
         val = json.loads(a.validation.read_text())
     else:
@@ -446,7 +451,7 @@ def main() -> None:
     plot_accuracy(results, ipcs, scfg.archs, a.out / "accuracy.png")
     for s in SETTINGS:
         sample_grid(sets[s][str(max(ipcs))], a.out / f"samples_{s}.png")
-    meta = {"command": "python benchmarks/run.py" + (" --quick" if a.quick else ""),
+    meta = {"command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]),
             "seconds_total": time.time() - t_start, "seconds_validation_stage": t_val, "seconds_generation": t_gen,
             "choice": choice, "objective_grid": grids,
             "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs", "torch": torch.__version__,

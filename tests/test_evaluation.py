@@ -160,3 +160,36 @@ def test_flips_are_horizontal_mirrors_and_leave_unflipped_configs_alone():
     mirrored = (out - x.flip(-1)).abs().flatten(1).amax(1) < 1e-5
     assert bool((same ^ mirrored).all()) and 16 < int(mirrored.sum()) < 48
     torch.testing.assert_close(augment(x, plain, torch.Generator().manual_seed(1)), x, rtol=0, atol=1e-5)
+
+
+def test_students_learn_from_the_teachers_tempered_softmax_not_its_argmax(tiny_teacher, monkeypatch):
+    """The KL target of every step is softmax(T(x) / temperature) of the very batch the student sees."""
+    import torch.nn.functional as F
+
+    from adaptive_dd.evaluation import students
+
+    seen_logits, targets = [], []
+    real_kl = F.kl_div
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = tiny_teacher.config
+
+        def forward(self, x):
+            out = tiny_teacher(x)
+            seen_logits.append(out.detach())
+            return out
+
+    def kl_div(inp, target, **kw):
+        targets.append(target.detach())
+        return real_kl(inp, target, **kw)
+
+    monkeypatch.setattr(students.F, "kl_div", kl_div)
+    cfg = students.StudentConfig(archs=("resnet10t",), seeds=(0,), steps=3, batch_size=4)
+    images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    students.train_student(images, Recording(), "resnet10t", 0, cfg)
+    assert len(targets) == 3 and len(seen_logits) >= 3
+    for logits, target in zip(seen_logits, targets):
+        torch.testing.assert_close(target, F.softmax(logits.float() / cfg.temperature, -1))
+        assert (target.max(1).values < 0.999).all()  # soft, not one-hot
