@@ -24,7 +24,7 @@ from PIL import Image
 
 from adaptive_dd.config import DistillConfig
 from adaptive_dd.data import DataError, load_image_folder, open_image
-from adaptive_dd.distill import BatchDone, ClassDone, RunDone
+from adaptive_dd.distill import BatchDone, BatchSummary, ClassDone, RunDone
 from adaptive_dd.export import ExportError, class_folders, export, write_zip
 from adaptive_dd.fidelity import ModelLoadError, load_teacher
 
@@ -201,7 +201,7 @@ def _events(classes: list[str]):
     for i, name in enumerate(classes):
         images = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(i))
         yield BatchDone(name, i, 0, images, images, [f"seed{i}"], [0], 1.0, 0.5, -0.1, -0.2, 0.0, [], 0.0, 0.0)
-        yield ClassDone(name, i, 1, False, [{"batch": 0, "beta": 1.0, "gamma": 0.5, "f_proxy": -0.1, "f_final": -0.2}])
+        yield ClassDone(name, i, 1, False, [BatchSummary(0, 1.0, 0.5, -0.1, -0.2)])
     yield RunDone(len(classes), 0.0, 0.0, 0.0, list(classes))
 
 
