@@ -3,35 +3,22 @@
     from adaptive_dd import DistillConfig, Distiller, export
     dist = Distiller(DistillConfig(data="uci-digits", ipc=10))
     list(export(dist.run(), "out/uci10", dist.config, dist.dataset.classes, dist.describe()))
-
-The names load on first use: importing the package pulls in no torch, so a ZeroGPU Space can import `spaces`
-first (adaptive_dd.app_handlers does).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+try:  # a ZeroGPU Space needs `spaces` imported before torch, which the imports below load
+    import spaces  # noqa: F401
+except ImportError:
+    pass
 
-_PUBLIC = {
-    "Distiller": ".distill", "BOStep": ".distill", "BatchDone": ".distill", "BatchSummary": ".distill",
-    "ClassDone": ".distill", "RunDone": ".distill", "Regenerated": ".distill", "seed_plan": ".distill",
-    "DistillConfig": ".config", "BOConfig": ".config", "SamplerConfig": ".config", "RepulsionConfig": ".config",
-    "ConfigError": ".config",
-    "create_backend": ".backends", "Backend": ".backends",
-    "load_teacher": ".fidelity", "Teacher": ".fidelity", "ModelLoadError": ".fidelity",
-    "export": ".export", "ExportError": ".export",
-    "evaluate": ".evaluation",
-}
-__all__ = sorted(_PUBLIC)
+from .backends import Backend, create_backend
+from .config import BOConfig, ConfigError, DistillConfig, RepulsionConfig, SamplerConfig
+from .distill import BatchDone, BatchSummary, BOStep, ClassDone, Distiller, Regenerated, RunDone, seed_plan
+from .evaluation import evaluate
+# The function, not the module of the same name: bound after the submodule is loaded, so it stays bound.
+from .export import ExportError, export
+from .fidelity import ModelLoadError, Teacher, load_teacher
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'adaptive_dd' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = ["BOConfig", "BOStep", "Backend", "BatchDone", "BatchSummary", "ClassDone", "ConfigError", "DistillConfig",
+           "Distiller", "ExportError", "ModelLoadError", "Regenerated", "RepulsionConfig", "RunDone", "SamplerConfig",
+           "Teacher", "create_backend", "evaluate", "export", "load_teacher", "seed_plan"]

@@ -104,7 +104,7 @@ def app_url(tiny_unet_dir, tiny_teacher_dir):
     demo = app.build_demo(app.S.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None))
     before = set(glob.glob(APP_SESSION_DIRS))
     port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, **app.LAUNCH)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_ready(url)

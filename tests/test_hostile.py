@@ -126,14 +126,14 @@ def test_open_image_and_image_folder(name: str, tmp_path: Path) -> None:
 
 def test_app_upload_path_skips_each_bad_file_with_a_warning_naming_it(tmp_path: Path) -> None:
     pytest.importorskip("gradio")
-    from adaptive_dd import app_state
+    from adaptive_dd import app_handlers
 
     files = [str(_make(tmp_path, name)) for name in sorted(HOSTILE)]
     (tmp_path / "folder.png").mkdir()
     Image.new("L", (8, 8), 7).save(tmp_path / "good.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        images, names = app_state.read_uploads([*files, str(tmp_path / "folder.png"), str(tmp_path / "good.png")])
+        images, names = app_handlers.read_uploads([*files, str(tmp_path / "folder.png"), str(tmp_path / "good.png")])
     assert names == [*HANDLED, "good.png"]
     assert all(HOSTILE[n][1](im) for n, im in zip(HANDLED, images))
     skipped = sorted(str(w.message) for w in caught if str(w.message).startswith("skipped "))
