@@ -26,7 +26,7 @@ GUIDE = ("**1.** Pick a class and its seed images (or upload images and choose t
          "**3.** Tweak λ / bandwidth under the final images, or distill the whole dataset and export it.")
 # Galleries wrap instead of clipping on narrow screens, and a few images do not stretch to the column's width.
 CSS = """
-.wrap-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 120px)) !important;
+.wrap-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important;
                                 grid-auto-rows: auto !important; }
 .wrap-gallery .grid-container .thumbnail-item { width: 100%; aspect-ratio: 1 / 1; }
 """

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 import torch
 from PIL import Image, ImageDraw
 
@@ -47,9 +48,12 @@ PREVIEW_LIMIT = 200  # distilled images shown in the export tab's preview
 MAX_SWEEP_CELLS = 100
 DISPLAY_PX = 160  # a whole multiple of the bundled 16 px and UCI's 8 px; galleries show about 100-160 px
 POSTERIOR_VIEWS = ("mean", "std", "ucb")
-# Colour range of each posterior view, fixed for every frame of every run so frames compare: f = -KL <= 0, and
-# below -3 (KL of 3 nats) the teacher no longer sees the seeds' class distribution; std and UCB are in f's units.
-COLOUR_RANGE = {"mean": (-3.0, 0.0), "std": (0.0, 1.5), "ucb": (-3.0, 1.5)}
+# Colour scale of each posterior view: the values at which Viridis' evenly spaced colours sit, the same in every
+# frame of every run so that frames compare. f = -KL <= 0; below -3 (KL of 3 nats) the teacher no longer sees the
+# seeds' class distribution, and the optimum lives near 0, so the colours are spread finely there. std and UCB
+# are in f's units.
+COLOUR_STOPS = {"mean": (-3.0, -1.0, -0.3, -0.1, -0.03, 0.0), "std": (0.0, 0.1, 0.25, 0.5, 1.0, 1.5),
+                "ucb": (-3.0, -1.0, -0.3, -0.1, 0.0, 0.5, 1.5)}
 GPU_SECONDS = 120
 SESSION_PREFIX = "adaptive_dd-app-"
 
@@ -241,11 +245,12 @@ def grid_size(betas: str, gammas: str) -> int | None:
 
 
 def budget_bounds(betas: str, gammas: str, budget: int):
-    """The budget slider's maximum follows the grid: BO never evaluates a point twice."""
+    """The budget slider's maximum follows the grid (BO never evaluates a point twice); the value changes only
+    when it no longer fits."""
     n = grid_size(betas, gammas)
     if n is None:
         return gr.skip()
-    return gr.update(maximum=max(n, 2), value=min(int(budget), n))
+    return gr.update(maximum=max(n, 2), **({"value": n} if int(budget) > n else {}))
 
 
 # ---- GPU-bound calls (plain arguments, module-level models) ----------------------------------------------
@@ -304,12 +309,14 @@ def heatmap(post: GridPosterior, observations: list[Observation], best: Observat
             budget: int) -> go.Figure:
     """The posterior view over beta x gamma with numbered observations and the best one starred.
 
-    The colour range is COLOUR_RANGE[view] in every frame, so colours mean the same value across a run.
+    The colour scale is COLOUR_STOPS[view] in every frame, so a colour means the same value across a run.
     """
     z = np.asarray(getattr(post, view)).tolist()  # plain lists: plotly would otherwise send base64 typed arrays
-    zmin, zmax = COLOUR_RANGE[view]
+    stops = COLOUR_STOPS[view]
+    zmin, zmax = stops[0], stops[-1]
+    scale = [[(v - zmin) / (zmax - zmin), c] for v, c in zip(stops, sample_colorscale("Viridis", len(stops)))]
     xs, ys = [f"{g:g}" for g in post.gammas], [f"{b:g}" for b in post.betas]
-    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, zmin=zmin, zmax=zmax, colorscale="Viridis",
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, zmin=zmin, zmax=zmax, colorscale=scale,
                                colorbar={"title": {"text": view}, "thickness": 12},
                                hovertemplate="β=%{y} γ=%{x}<br>" + view + "=%{z:.4f}<extra></extra>"))
     if observations:
@@ -325,8 +332,8 @@ def heatmap(post: GridPosterior, observations: list[Observation], best: Observat
                                          "line": {"width": 3, "color": "red"}}, hoverinfo="skip"))
     # Short enough for a 390 px phone; the best point and the edge note are in the readout below.
     title = f"{view} of f · {len(observations)}/{budget} evaluations"
-    fig.update_layout(title={"text": title, "font": {"size": 13}, "x": 0, "xanchor": "left", "y": 0.98,
-                             "yanchor": "top"},
+    fig.update_layout(title={"text": title, "font": {"size": 13}, "x": 0, "xref": "paper", "xanchor": "left",
+                             "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8}},
                       height=420, uirevision="bo", showlegend=False, autosize=True,
                       margin={"l": 50, "r": 10, "t": 60, "b": 50}, modebar={"orientation": "v"},
                       xaxis={"title": {"text": "γ (img2img strength)"}, "type": "category"},

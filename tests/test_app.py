@@ -38,7 +38,7 @@ def test_run_bo_streams_a_heatmap_per_evaluation_then_the_final_batch(client):
     for k, fig in enumerate(plots, start=1):
         heat, observed = fig["data"][0], fig["data"][1]
         assert heat["type"] == "heatmap" and len(heat["z"]) == 3 and len(heat["z"][0]) == 3
-        assert (heat["zmin"], heat["zmax"]) == (plots[0]["data"][0]["zmin"], plots[0]["data"][0]["zmax"]) == (-3, 0)
+        assert (heat["zmin"], heat["zmax"], heat["colorscale"]) == (-3, 0, plots[0]["data"][0]["colorscale"])
         assert observed["text"] == [str(i) for i in range(1, k + 1)]
         assert fig["layout"]["uirevision"] == "bo"
     final = outputs[-1]
@@ -154,10 +154,9 @@ def test_seed_and_budget_bounds_are_named():
     ids = [f"uci-digits/{i}" for i in range(40)]
     with pytest.raises(gr.Error, match="40 seed images selected; at most 32"):
         app.S._seed_batch("uci-digits", "0", "dataset", ids, None, None, 4, 0)
-    assert app.S.budget_bounds("0, 1", "0.5", 8)["maximum"] == 2
-    assert app.S.budget_bounds("0, 1", "0.5", 8)["value"] == 2
-    assert app.S.budget_bounds("0, 1, 2", "0.5, 0.7", 4)["maximum"] == 6
-    assert app.S.budget_bounds("0, x", "0.5", 4) is not None  # a half-typed grid leaves the slider alone
+    assert app.S.budget_bounds("0, 1", "0.5", 8) == {"__type__": "update", "maximum": 2, "value": 2}
+    assert app.S.budget_bounds("0, 1, 2", "0.5, 0.7", 4) == {"__type__": "update", "maximum": 6}  # 4 still fits
+    assert app.S.budget_bounds("0, x", "0.5", 4) == gr.skip()  # a half-typed grid leaves the slider alone
 
 
 def test_edge_note_names_the_grid_border_the_optimum_sits_on():
