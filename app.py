@@ -88,7 +88,7 @@ def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str,
     return {"lam": lam, "auto_bandwidth": auto_bw, "bandwidth": bandwidth}
 
 
-def gallery(label: str, height: int | str = "fit-content", **kw) -> gr.Gallery:
+def image_gallery(label: str, height: int | str = "fit-content", **kw) -> gr.Gallery:
     """A PNG gallery (never webp: exports are built from the engine, but users compare pixels) whose cells wrap
     on narrow screens and keep their size when there are only a few (CSS above)."""
     return gr.Gallery(label=label, format="png", height=height, columns=5, fit_columns=False,
@@ -138,21 +138,21 @@ def build_demo(m: S.Models, delete_cache: tuple[int, int] = S.DELETE_CACHE) -> g
                     view = gr.Radio(list(S.POSTERIOR_VIEWS), value="mean", label="heatmap shows the posterior")
                     plot = gr.Plot(elem_id="bo-heatmap", label="GP posterior over β × γ (click a cell to look)")
                     click_box = gr.Textbox(visible="hidden", elem_id="heatmap-click")
-                    pool = gallery("class train images / uploads (click to select)", allow_preview=False,
+                    pool = image_gallery("class train images / uploads (click to select)", allow_preview=False,
                                    height=260)
-                    proxies = gallery("latest proxy images")
-                    seeds_gallery = gallery("seeds")
-                    final_gallery = gallery("final (β*, γ*, repulsion), in the seeds' order", elem_id="final")
+                    proxies = image_gallery("latest proxy images")
+                    seeds_gallery = image_gallery("seeds")
+                    final_gallery = image_gallery("final (β*, γ*, repulsion), in the seeds' order", elem_id="final")
                     repulsion = repulsion_controls(d)
                     regen_text = gr.Markdown()
                     with gr.Accordion("Manual look and sweep", open=True):
                         with gr.Row():
                             beta_dd = gr.Dropdown([], label="β")
                             gamma_dd = gr.Dropdown([], label="γ")
-                        manual_gallery = gallery("seeds at (β, γ)")
+                        manual_gallery = image_gallery("seeds at (β, γ)")
                         manual_text = gr.Markdown()
                         sweep_btn = gr.Button("Sweep β × γ (first seed)")
-                        sweep_image = gr.Image(label="sweep", format="png", type="pil")
+                        sweep_image = gr.Image(label="sweep", format="png", type="filepath")
 
         with gr.Tab("Distill & export"):
             with gr.Row():
@@ -169,7 +169,7 @@ def build_demo(m: S.Models, delete_cache: tuple[int, int] = S.DELETE_CACHE) -> g
                 with gr.Column(scale=2, min_width=300):
                     status = gr.Markdown()
                     table = gr.Dataframe(headers=S.TABLE_HEADERS, label="per class", interactive=False)
-                    preview = gallery(f"distilled images (first {S.PREVIEW_LIMIT})", elem_id="distilled")
+                    preview = image_gallery(f"distilled images (first {S.PREVIEW_LIMIT})", elem_id="distilled")
                     download = gr.DownloadButton("Download zip", visible=False)
 
         lam, auto_bw, bandwidth = repulsion["lam"], repulsion["auto_bandwidth"], repulsion["bandwidth"]

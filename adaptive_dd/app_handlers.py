@@ -17,12 +17,13 @@ except ImportError:
 
 import dataclasses
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
@@ -291,6 +292,38 @@ def display(batch: torch.Tensor | list[Image.Image], size: int = DISPLAY_PX) -> 
             for im in images]
 
 
+def session_dir(request: gr.Request) -> Path:
+    """The user's folder inside Gradio's cache, named by the session: Gradio serves files there without copying
+    them, and demo.unload removes it when the page closes. (Gradio's delete_cache misses a session's later outputs:
+    they are recorded on per-session copies of the components.)"""
+    return Path(get_upload_folder()) / f"{SESSION_PREFIX}{request.session_hash}"
+
+
+def remove_session_dir(request: gr.Request) -> None:
+    """demo.unload: the user's images and exports go when the page closes."""
+    shutil.rmtree(session_dir(request), ignore_errors=True)
+
+
+def output_dir(request: gr.Request, kind: str) -> Path:
+    """An empty folder for one kind of output of this session: new images replace the ones they supersede, so a
+    session holds one set of each however many runs it makes."""
+    folder = session_dir(request) / kind
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def cached_png(image: Image.Image, folder: Path) -> str:
+    path = folder / f"{uuid.uuid4().hex}.png"
+    image.save(path, format="PNG")
+    return str(path)
+
+
+def gallery(batch: torch.Tensor | list[Image.Image], labels: list[str], folder: Path) -> list[tuple[str, str]]:
+    """A gallery value: the images, upscaled for display and written as PNG files, with their captions."""
+    return [(cached_png(im, folder), label) for im, label in zip(display(batch), labels)]
+
+
 def captions(seed_ids: list[str]) -> list[str]:
     """Seed ids without their dataset or class folder, which the page already shows: gallery cells are narrow."""
     return [v.rsplit("/", 1)[-1] for v in seed_ids]
@@ -391,13 +424,12 @@ def on_source(source: str):
     return gr.update(visible=dataset), gr.update(visible=dataset), gr.update(visible=not dataset)
 
 
-def class_gallery(data: str, class_name: str):
+def class_gallery(data: str, class_name: str, request: gr.Request):
     """The class's train images (first GALLERY_LIMIT shown; all selectable by id) and a cleared selection."""
     ds = models().dataset(data)
     idx = ds.indices_of(ds.class_index(class_name))
     shown = idx[:GALLERY_LIMIT]
-    images = display([ds.images[i] for i in shown])
-    return ([(im, ds.ids[i]) for im, i in zip(images, shown)],
+    return (gallery([ds.images[i] for i in shown], [ds.ids[i] for i in shown], output_dir(request, "pool")),
             gr.update(choices=[ds.ids[i] for i in idx], value=[]))
 
 
@@ -431,9 +463,9 @@ def read_uploads(files: list[str] | None) -> tuple[list[Image.Image], list[str]]
     return images, names
 
 
-def preview_uploads(files: list[str] | None):
+def preview_uploads(files: list[str] | None, request: gr.Request):
     images, names = read_uploads(files)
-    return list(zip(display(images), names))
+    return gallery(images, names, output_dir(request, "pool"))
 
 
 def check_upload_class(name: str | None) -> str:
@@ -472,7 +504,7 @@ def _seed_batch(data: str, class_name: str, source: str, selected: list[str] | N
 
 
 def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, files: list[str] | None,
-           upload_class: str | None, m_seed: int, view: str, **settings: Any):
+           upload_class: str | None, m_seed: int, view: str, request: gr.Request, **settings: Any):
     """Stream Distiller.run_batch: a heatmap and the proxies after every BOStep, the final batch at BatchDone.
 
     settings: the Settings fields by name. Yields (heatmap, proxies, seeds, final, readout, state,
@@ -483,15 +515,17 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
     ds_classes = models().dataset(data).classes
     config = s.config(data, [name] if name in ds_classes else None, len(images), len(images))
     st = ExploreState(config, name, images, ids, view=view)
-    seeds_gallery = list(zip(display(images), captions(ids)))
+    folder = output_dir(request, "bo")
+    seeds_gallery = gallery(images, captions(ids), folder)
     skip = gr.skip()
     yield (skip, [], seeds_gallery, [], f"Running BO on {len(images)} seed images of class **{name}**…", st,
            skip, skip, skip)
     for ev in bo_events(config, images, ids, name):
         if isinstance(ev, BOStep):
             st.posterior, st.observations, st.best, st.budget = ev.posterior, ev.observations, ev.best, ev.budget
-            proxies = [(im, f"#{o.step} β={o.beta:g} γ={o.gamma:g}")  # f is in the readout; cells are narrow
-                       for k, o in enumerate(ev.candidates) for im in display(ev.proxy_images[k])]
+            proxies = [item for k, o in enumerate(ev.candidates)  # f is in the readout; cells are narrow
+                       for item in gallery(ev.proxy_images[k], [f"#{o.step} β={o.beta:g} γ={o.gamma:g}"] * len(ids),
+                                           folder)]
             last = ev.candidates[-1]
             yield (heatmap(ev.posterior, ev.observations, ev.best, st.view, ev.budget), proxies, skip, skip,
                    f"Evaluation {ev.evaluations}/{ev.budget}: β={last.beta:g}, γ={last.gamma:g}, f={last.f:.4f} · "
@@ -499,7 +533,7 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
         else:
             st.beta, st.gamma, st.slots = ev.beta, ev.gamma, list(ev.slots)
             betas, gammas = config.bo.betas, config.bo.gammas
-            yield (skip, skip, seeds_gallery, list(zip(display(ev.images), captions(ev.seed_ids))),
+            yield (skip, skip, seeds_gallery, gallery(ev.images, captions(ev.seed_ids), folder),
                    batch_readout(ev, st), st,
                    gr.update(choices=[(f"{b:g}", b) for b in betas], value=ev.beta),
                    gr.update(choices=[(f"{g:g}", g) for g in gammas], value=ev.gamma),
@@ -516,10 +550,11 @@ def batch_readout(ev: BatchDone, st: ExploreState) -> str:
 
 
 def stopped(st: ExploreState | None) -> str:
-    """The readout after Stop: how far BO got, and that no final batch was drawn."""
-    done = f" after {len(st.observations)}/{st.budget} evaluations" if st is not None and st.beta is None and \
-        st.budget else ""
-    return f"**Stopped**{done}. Run BO again to continue; the final batch is drawn only when BO finishes."
+    """The readout after Stop: how far BO got, and whether the final batch was drawn."""
+    if st is not None and st.beta is not None:
+        return "**Stopped**: BO had already finished; the final batch above is complete."
+    done = f" after {len(st.observations)}/{st.budget} evaluations" if st is not None and st.budget else ""
+    return f"**Stopped**{done}: no final batch was drawn. Run BO again to start over."
 
 
 def redraw(st: ExploreState | None, view: str):
@@ -536,18 +571,18 @@ def _require_batch(st: ExploreState | None) -> ExploreState:
     return st
 
 
-def regenerate(st: ExploreState | None, lam: float, auto_bandwidth: bool, bandwidth: float):
+def regenerate(st: ExploreState | None, lam: float, auto_bandwidth: bool, bandwidth: float, request: gr.Request):
     """The final batch again from the same noise at (β*, γ*) with a new lambda or bandwidth."""
     st = _require_batch(st)
     bw = bandwidth_value(auto_bandwidth, bandwidth)
     out = regenerate_batch(st.config, st.seed_images, st.class_name, st.beta, st.gamma, st.slots, float(lam), bw)
-    return (list(zip(display(out.images), captions(st.seed_ids))),
+    return (gallery(out.images, captions(st.seed_ids), output_dir(request, "final")),
             f"**β\\*** = {st.beta:g} · **γ\\*** = {st.gamma:g} · **f_final** = {out.f:.4f} · "
             f"**diversity** = {out.diversity:.3f} · λ = {float(lam):g}, bandwidth = {bw}")
 
 
 def manual_look(st: ExploreState | None, beta: float | None, gamma: float | None, lam: float, auto_bandwidth: bool,
-                bandwidth: float):
+                bandwidth: float, request: gr.Request):
     """The session's seeds regenerated (full sampler, same noise) at a hand-picked grid point."""
     st = _require_batch(st)
     if beta is None or gamma is None:
@@ -555,11 +590,12 @@ def manual_look(st: ExploreState | None, beta: float | None, gamma: float | None
     bw = bandwidth_value(auto_bandwidth, bandwidth)
     out = regenerate_batch(st.config, st.seed_images, st.class_name, float(beta), float(gamma), st.slots,
                            float(lam), bw)
-    return (list(zip(display(out.images), captions(st.seed_ids))),
+    return (gallery(out.images, captions(st.seed_ids), output_dir(request, "look")),
             f"At β={float(beta):g}, γ={float(gamma):g}: f = {out.f:.4f}, diversity = {out.diversity:.3f}")
 
 
-def heatmap_click(st: ExploreState | None, text: str, lam: float, auto_bandwidth: bool, bandwidth: float):
+def heatmap_click(st: ExploreState | None, text: str, lam: float, auto_bandwidth: bool, bandwidth: float,
+                  request: gr.Request):
     """A click on the heatmap (sent by the page's script as "beta,gamma,nonce") picks that grid point."""
     try:
         beta, gamma = (float(v) for v in str(text).split(",")[:2])
@@ -567,11 +603,11 @@ def heatmap_click(st: ExploreState | None, text: str, lam: float, auto_bandwidth
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     if st is None or st.posterior is None or beta not in st.posterior.betas or gamma not in st.posterior.gammas:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    gallery, text = manual_look(st, beta, gamma, lam, auto_bandwidth, bandwidth)
-    return beta, gamma, gallery, text
+    images, text = manual_look(st, beta, gamma, lam, auto_bandwidth, bandwidth, request)
+    return beta, gamma, images, text
 
 
-def sweep(st: ExploreState | None) -> Image.Image:
+def sweep(st: ExploreState | None, request: gr.Request) -> str:
     """The first seed regenerated over the whole beta x gamma grid with one noise and no repulsion."""
     st = _require_batch(st)
     betas, gammas = st.config.bo.betas, st.config.bo.gammas
@@ -581,22 +617,12 @@ def sweep(st: ExploreState | None) -> Image.Image:
     b, g = np.repeat(betas, len(gammas)), np.tile(gammas, len(betas))
     out = regenerate_batch(st.config, st.seed_images[:1].repeat(n, 1, 1, 1), st.class_name, b, g,
                            [st.slots[0]] * n, 0.0, "auto")
-    return labelled_grid(display(out.images, 64), betas, gammas)
+    return cached_png(labelled_grid(display(out.images, 64), betas, gammas), output_dir(request, "sweep"))
 
 
 # ---- Distill & export tab --------------------------------------------------------------------------------
 
 TABLE_HEADERS = ["class", "batch", "β*", "γ*", "f_proxy", "f_final"]
-
-
-def session_dir(request: gr.Request) -> Path:
-    """The user's folder under the system temp dir (Gradio may serve files from there), named by the session."""
-    return Path(tempfile.gettempdir()) / f"{SESSION_PREFIX}{request.session_hash}"
-
-
-def remove_session_dir(request: gr.Request) -> None:
-    """demo.unload: the user's exports go when the page closes."""
-    shutil.rmtree(session_dir(request), ignore_errors=True)
 
 
 def distill_export(data: str, classes: list[str] | None, ipc: int, m_seed: int, request: gr.Request,
@@ -610,13 +636,12 @@ def distill_export(data: str, classes: list[str] | None, ipc: int, m_seed: int, 
     if not classes:
         raise gr.Error("choose at least one class")
     config = Settings(**settings).config(data, list(classes), ipc, m_seed)
-    folder = session_dir(request)
-    folder.mkdir(exist_ok=True)
+    folder, shown_in = output_dir(request, "export"), output_dir(request, "preview")
     dist = _distiller(config)
     total = dist.n_batches()
     out = folder / f"adaptive_dd-{data}"
     rows: list[list] = []
-    preview: list[tuple[Image.Image, str]] = []
+    preview: list[tuple[str, str]] = []
     done = 0
     skip = gr.skip()
     yield (f"Distilling {len(dist.classes)} classes × {config.ipc} images ({total} mini-batches)…", rows, [],
@@ -627,7 +652,7 @@ def distill_export(data: str, classes: list[str] | None, ipc: int, m_seed: int, 
             if isinstance(ev, BatchDone):
                 done += 1
                 room = PREVIEW_LIMIT - len(preview)
-                preview += [(im, f"{ev.class_name} · {k}") for im, k in zip(display(ev.images[:room]), ev.slots)]
+                preview += gallery(ev.images[:room], [f"{ev.class_name} · {k}" for k in ev.slots], shown_in)
                 yield (f"Class {ev.class_name}, batch {ev.batch_index}: β*={ev.beta:g}, γ*={ev.gamma:g} · "
                        f"{done}/{total} mini-batches", skip, list(preview), skip)
             elif isinstance(ev, ClassDone):

@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -74,7 +75,7 @@ def tiny_teacher(tiny_teacher_dir):
     return load_teacher(str(tiny_teacher_dir))
 
 
-APP_SESSION_DIRS = f"{tempfile.gettempdir()}/adaptive_dd-app-*"
+APP_SESSION_DIRS = f"{get_upload_folder()}/adaptive_dd-app-*"
 
 
 def _free_port() -> int:

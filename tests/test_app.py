@@ -106,7 +106,7 @@ def test_uploads_are_validated_and_used_as_seeds(client, tmp_path):
 
 
 def test_cancelled_export_leaves_no_temporary_folder(client):
-    pattern = f"{APP_SESSION_DIRS}/.adaptive_dd-*.tmp-*"
+    pattern = f"{APP_SESSION_DIRS}/export/.adaptive_dd-*.tmp-*"
     job = client.submit("uci-digits", [str(i) for i in range(10)], 20, 4, **SETTINGS, api_name="/distill_export")
     deadline = time.monotonic() + 60
     while not glob.glob(pattern) and time.monotonic() < deadline:
@@ -200,3 +200,55 @@ def test_four_users_at_once_each_get_their_own_class(app_url):
         assert [item["caption"] for item in out[2]] == [s.rsplit("/", 1)[-1] for s in seeds]
         assert len(out[3]) == 3 and f"class **{class_name}**" not in out[4]  # the final readout, not the start
         assert _image_bytes(again) == _image_bytes(out[3])  # the session's own batch came back
+
+
+def test_sweep_labels_every_column_inside_the_image():
+    import numpy as np
+    from PIL import Image
+
+    from adaptive_dd.app_handlers import labelled_grid
+
+    gammas = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    grid = labelled_grid([Image.new("L", (64, 64), 255)] * 14, (1.0, 2.0), gammas)
+    band = np.asarray(grid.convert("L").crop((0, 0, grid.width, 56)))
+    ink = np.flatnonzero((band < 128).any(0))
+    assert ink.max() < grid.width - 1  # the last label ends before the edge
+    last = band[:, 56 + 6 * 64:]
+    assert (last < 128).any(0).sum() > 30  # and is all there: "gamma=0.9" spans most of its column
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _folder(pattern: str) -> tuple[int, float]:
+    """Files under the folders matching pattern, and their size in MB."""
+    from pathlib import Path
+
+    files = [p for d in glob.glob(pattern) for p in Path(d).rglob("*") if p.is_file()]
+    return len(files), sum(f.stat().st_size for f in files) / 1e6
+
+
+def test_thirty_bo_runs_in_a_row_keep_memory_and_temp_files_flat(client):
+    """The soak a public Space needs: over 30 BO runs of one session RSS grows < 100 MB, and the session's folder
+    of served images holds one run's worth however many runs it makes."""
+    from adaptive_dd.app_handlers import SESSION_PREFIX
+
+    tiny = {**SETTINGS, "budget": 2, "steps": 4}
+    session = f"{APP_SESSION_DIRS.rsplit('/', 1)[0]}/{SESSION_PREFIX}{client.session_hash}"
+    for seed in range(3):  # warm-up: first-call allocations are not growth
+        client.predict("uci-digits", "2", "dataset", [], None, None, 3, "mean", **{**tiny, "seed": seed},
+                       api_name="/run_bo")
+    rss0, (n0, mb0), t0 = _rss_mb(), _folder(session), time.monotonic()
+    peak = 0
+    for seed in range(30):  # a new seed each time: new images
+        out = client.predict("uci-digits", str(seed % 10), "dataset", [], None, None, 3, "mean",
+                             **{**tiny, "seed": 100 + seed}, api_name="/run_bo")
+        assert len(out[3]) == 3
+        peak = max(peak, _folder(session)[0])
+    seconds, grown, (n, mb) = time.monotonic() - t0, _rss_mb() - rss0, _folder(session)
+    print(f"soak: 30 runs in {seconds:.1f} s, RSS +{grown:.1f} MB; session folder {n0} files ({mb0:.3f} MB) "
+          f"after the warm-up, {n} ({mb:.3f} MB) after 30 more runs, at most {peak}")
+    assert grown < 100, f"RSS grew by {grown:.0f} MB over 30 BO runs"
+    assert n0 > 0 and peak <= n0 + 3, "the session's folder grows with every run"  # 3 proxies per BO step
