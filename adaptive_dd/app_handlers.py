@@ -145,37 +145,6 @@ def models() -> Models:
     return MODELS
 
 
-def load_models(model: str = "bundled", teacher: str | None = None, device: str | None = None,
-                classes: list[str] | None = None) -> Models:
-    """Load the backbone and the teachers once; a missing bundled teacher disables only its dataset."""
-    global MODELS
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    backend = create_backend(model, device)
-    if classes:
-        backend.check_classes(classes)
-    teachers, specs, errors = {}, {}, {}
-    shared = load_teacher(teacher, device) if teacher else None
-    for data in BUILTIN_DATASETS:
-        specs[data] = teacher or data
-        if shared is not None:
-            teachers[data] = shared
-            continue
-        try:
-            teachers[data] = load_teacher(data, device)
-        except ModelLoadError as e:
-            errors[data] = str(e)
-    if not teachers:
-        raise ModelLoadError("no teacher could be loaded: " + "; ".join(errors.values()))
-    MODELS = Models(model, backend, teachers, specs, errors, device, classes)
-    return MODELS
-
-
-def models() -> Models:
-    if MODELS is None:
-        raise RuntimeError("load_models() has not run")
-    return MODELS
-
-
 # ---- settings from the UI ---------------------------------------------------------------------------------
 
 @dataclass

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 import urllib.request
 
