@@ -22,7 +22,7 @@ from .backends import Backend, create_backend
 from .bo import GridBO, GridPosterior, Observation
 from .config import ConfigError, DistillConfig, RepulsionConfig
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
-from .fidelity import Teacher, fidelity, kl_per_sample, load_teacher
+from .fidelity import Teacher, fidelity, load_teacher
 from .repulsion import Bandwidth, mean_pairwise_distance
 from .sampler import img2img, noise_seed
 
@@ -135,8 +135,7 @@ class Regenerated:
 
     images: torch.Tensor
     latents: torch.Tensor
-    f: float  # eq. 5 over the batch
-    f_per_image: list[float]  # -KL(T(seed_i) || T(image_i)) for each image
+    f: float  # the score BatchDone.f_final reports, here eq. 5 over the batch
     diversity: float  # mean pairwise latent distance
 
 
@@ -204,8 +203,7 @@ class Distiller:
         return cfg.weight, cfg.bandwidth
 
     def regenerate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, slots: list[int], *,
-                   weight: float | None = None, bandwidth: Bandwidth | None = None,
-                   seed_logits: torch.Tensor | None = None) -> Regenerated:
+                   weight: float | None = None, bandwidth: Bandwidth | None = None) -> Regenerated:
         """The full-sampler pass of a mini-batch (Algorithm 1, line 15) from its slots' noise, scored by the teacher.
 
         beta and gamma are scalars or one value per image; weight and bandwidth override the run's repulsion, which
@@ -214,10 +212,8 @@ class Distiller:
         weight, bandwidth = self.repulsion(weight, bandwidth)
         out = self.generate(seed_images, class_name, beta, gamma, self.noise_seeds(class_name, slots), proxy=False,
                             weight=weight, bandwidth=bandwidth)
-        seed_logits = self.teacher.logits(seed_images) if seed_logits is None else seed_logits
-        kl = kl_per_sample(seed_logits, self.teacher.logits(out.images))
-        return Regenerated(out.images, out.latents, -float(kl.mean()), [-float(v) for v in kl],
-                           mean_pairwise_distance(out.latents))
+        f = fidelity(self.teacher.logits(seed_images), self.teacher.logits(out.images))
+        return Regenerated(out.images, out.latents, f, mean_pairwise_distance(out.latents))
 
     def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
                  weight: float | None = None, bandwidth=None, groups=None):
