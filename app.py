@@ -1,6 +1,10 @@
 """Gradio app over adaptive_dd: explore GP-UCB over (beta, gamma) for one class, then distill and export.
 
-    python app.py [--model ID_OR_PATH] [--teacher NAME[:CKPT]] [--classes "a,b"] [--port N] [--host H] [--device D]
+    python app.py [--data NAME_OR_PATH ...] [--model ID_OR_PATH] [--teacher NAME[:CKPT]] [--classes "a,b"]
+                  [--port N] [--host H] [--device D]
+
+Every option can also be set by an environment variable, ADAPTIVE_DD_<OPTION> (ADAPTIVE_DD_DATA,
+ADAPTIVE_DD_MODEL, ADAPTIVE_DD_TEACHER, ...), so a Space is configured in its settings; the command line wins.
 
 Layout and event wiring only: the event handlers and model loading live in adaptive_dd/app_handlers.py, which
 consumes the engine's event stream. Models load once, before the server starts.
@@ -17,6 +21,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
+from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
@@ -97,7 +102,7 @@ def image_gallery(label: str, height: int | str = "fit-content", **kw) -> gr.Gal
 
 def build_demo(m: S.Models, delete_cache: tuple[int, int] = S.DELETE_CACHE) -> gr.Blocks:
     d = S.default_settings()
-    datasets = [name for name in S.BUILTIN_DATASETS if name in m.teachers]
+    datasets = [name for name in m.sources if name in m.teachers]
     default = "uci-digits" if "uci-digits" in datasets else datasets[0]
     classes = m.class_choices(default)
     upload_classes = m.upload_classes()
@@ -127,8 +132,7 @@ def build_demo(m: S.Models, delete_cache: tuple[int, int] = S.DELETE_CACHE) -> g
                         upload_class = gr.Dropdown(
                             upload_classes, value=None, label="class of the uploaded images (required)",
                             allow_custom_value=not upload_classes,
-                            info=(f"only the backbone's classes can be generated: {', '.join(upload_classes)}"
-                                  if upload_classes else "the backbone takes any class name as a text prompt"))
+                            info=f"only what the backbone can generate: {S.upload_class_hint(upload_classes)}")
                     with gr.Row():
                         run = gr.Button("Run BO", variant="primary")
                         stop = gr.Button("Stop", variant="stop")
@@ -212,24 +216,48 @@ def build_demo(m: S.Models, delete_cache: tuple[int, int] = S.DELETE_CACHE) -> g
     return demo
 
 
+ENV_PREFIX = "ADAPTIVE_DD_"
+
+
+def _comma_list(values: list[str] | None) -> list[str] | None:
+    items = [v.strip() for text in values or [] for v in text.split(",") if v.strip()]
+    return items or None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="adaptive_dd Gradio app")
-    p.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or Stable Diffusion id/path")
-    p.add_argument("--teacher", help="teacher for every dataset: bundled name, folder or timm NAME[:CKPT] "
-                                     "(default: each dataset's bundled teacher)")
-    p.add_argument("--classes", help="comma-separated class names to offer (default: the dataset's)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--port", type=int, help="server port (default: GRADIO_SERVER_PORT or 7860)")
-    p.add_argument("--host", help="server address (default: GRADIO_SERVER_NAME or 127.0.0.1)")
-    return p.parse_args(argv)
+    """Options from the command line, each defaulting to its ADAPTIVE_DD_<OPTION> environment variable."""
+    p = argparse.ArgumentParser(description="adaptive_dd Gradio app (every option also reads ADAPTIVE_DD_<OPTION>)")
+
+    def env(flag: str) -> str:
+        return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+    def option(flag: str, help: str, **kw) -> None:
+        fallback = kw.pop("default", None)
+        if kw.get("action") != "append":  # an appended list starts empty; its variable is read after parsing
+            kw["default"] = os.environ.get(env(flag)) or fallback
+        p.add_argument(flag, help=f"{help} [env {env(flag)}]", **kw)
+
+    option("--data", "dataset to offer: uci-digits, mnist-5k, an ImageFolder directory or a saved Hugging Face "
+           "dataset; repeat it or give a comma list (default: the built-in sets)", action="append")
+    option("--model", "bundled, a class-UNet folder, or a Stable Diffusion or DiT hub id or folder", default="bundled")
+    option("--teacher", "teacher for every dataset: bundled name, folder or timm NAME[:CKPT] (default: each "
+           "built-in dataset's bundled teacher; required for other datasets)")
+    option("--classes", "comma-separated class names or wnids to offer, or the presets imagenette / imagewoof "
+           "(default: the dataset's)")
+    option("--device", "cpu, cuda, ... (default: cuda when available)")
+    option("--port", "server port (default: GRADIO_SERVER_PORT or 7860)", type=int)
+    option("--host", "server address (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    a = p.parse_args(argv)
+    a.data = _comma_list(a.data or [os.environ.get(env("--data"), "")])
+    a.classes = expand_classes(_comma_list([a.classes] if a.classes else None))
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
     try:
-        models = S.load_models(a.model, a.teacher, a.device, classes)
-    except (S.ModelLoadError, ValueError) as e:
+        models = S.load_models(a.model, a.teacher, a.device, a.classes, a.data)
+    except (S.ModelLoadError, S.DataError, ValueError) as e:
         print(f"app: error: {e}", file=sys.stderr)
         return 2
     build_demo(models).launch(server_name=a.host, server_port=a.port, **LAUNCH)

@@ -76,6 +76,7 @@ class Models:
     device: str
     classes: list[str] | None = None
     datasets: dict[str, ImageDataset] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=lambda: list(BUILTIN_DATASETS))
 
     def dataset(self, data: str) -> ImageDataset:
         if data not in self.datasets:
@@ -91,8 +92,7 @@ class Models:
         """Classes offered for a dataset: --classes if given, else the dataset's that the backbone knows."""
         if self.classes:
             return list(self.classes)
-        names = self.dataset(data).classes
-        return [c for c in names if self.backend.classes is None or c in self.backend.classes]
+        return [c for c in self.dataset(data).classes if self.backend.supports(c)]
 
     def upload_classes(self) -> list[str]:
         """Classes an upload may be given: --classes if given, else the backbone's (empty: any text prompt)."""
@@ -101,7 +101,7 @@ class Models:
     def describe(self) -> str:
         rows = [f"**Backbone:** {self.backend.description} (`{self.model_spec}`)",
                 f"**Device:** `{self.device}`" + (" (ZeroGPU)" if spaces is not None else "")]
-        for data in BUILTIN_DATASETS:
+        for data in self.sources:
             if data in self.teachers:
                 t = self.teachers[data]
                 rows.append(f"**Teacher for {data}:** {t.config.model_name} ({t.config.input_size} px, "
@@ -115,27 +115,38 @@ MODELS: Models | None = None
 
 
 def load_models(model: str = "bundled", teacher: str | None = None, device: str | None = None,
-                classes: list[str] | None = None) -> Models:
-    """Load the backbone and the teachers once; a missing bundled teacher disables only its dataset."""
+                classes: list[str] | None = None, data: list[str] | None = None) -> Models:
+    """Load the backbone and the teachers once, and index the datasets offered (data: names or paths; default the
+    built-in sets). A missing bundled teacher disables only its dataset; a dataset of one's own needs `teacher`."""
     global MODELS
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sources = list(dict.fromkeys(data or BUILTIN_DATASETS))
+    own = [d for d in sources if d not in BUILTIN_DATASETS]
+    if own and not teacher:
+        raise ModelLoadError(f"no bundled teacher for {own[0]!r}: give one with --teacher NAME[:CHECKPOINT] or a "
+                             f"directory (or ADAPTIVE_DD_TEACHER)")
+    datasets = {d: load_dataset(d, "train") for d in own}  # an index only: fails early, decodes nothing
     backend = create_backend(model, device)
     if classes:
         backend.check_classes(classes)
+    for d, ds in datasets.items():
+        if not any(backend.supports(c) for c in ds.classes):
+            raise ModelLoadError(f"{d}: none of its classes ({', '.join(ds.classes[:5])}"
+                                 f"{', ...' if len(ds.classes) > 5 else ''}) is one the backbone can condition on")
     teachers, specs, errors = {}, {}, {}
     shared = load_teacher(teacher, device) if teacher else None
-    for data in BUILTIN_DATASETS:
-        specs[data] = teacher or data
+    for name in sources:
+        specs[name] = teacher or name
         if shared is not None:
-            teachers[data] = shared
+            teachers[name] = shared
             continue
         try:
-            teachers[data] = load_teacher(data, device)
+            teachers[name] = load_teacher(name, device)
         except ModelLoadError as e:
-            errors[data] = str(e)
+            errors[name] = str(e)
     if not teachers:
         raise ModelLoadError("no teacher could be loaded: " + "; ".join(errors.values()))
-    MODELS = Models(model, backend, teachers, specs, errors, device, classes)
+    MODELS = Models(model, backend, teachers, specs, errors, device, classes, datasets, sources)
     return MODELS
 
 
@@ -437,17 +448,23 @@ def preview_uploads(files: list[str] | None, request: gr.Request):
     return gallery(images, names, output_dir(request, "pool"))
 
 
+def upload_class_hint(offered: list[str]) -> str:
+    """What the upload's class may be, for the picker's caption and the error naming it."""
+    shown = ", ".join(offered[:12]) + (f", ... ({len(offered)} in all)" if len(offered) > 12 else "")
+    return f"one of the backbone's classes: {shown}" if offered else "any class name (a text prompt)"
+
+
 def check_upload_class(name: str | None) -> str:
     """The class chosen for uploaded images: required (no default), and one the backbone can condition on."""
     name = (name or "").strip()
-    offered = models().upload_classes()
+    m = models()
     if not name:
-        which = f"one of {', '.join(offered)}" if offered else "a class name"
-        raise gr.Error(f"choose the class of the uploaded images ({which}) before running BO")
+        raise gr.Error(f"choose the class of the uploaded images ({upload_class_hint(m.upload_classes())}) "
+                       f"before running BO")
     if any(c in name for c in "/\\\0") or name in (".", "..") or len(name) > 100:
         raise gr.Error(f"class name {name!r} must be at most 100 characters, without path separators")
-    if offered and name not in offered:
-        raise gr.Error(f"class {name!r} is not one of the backbone's classes ({', '.join(offered)})")
+    if (m.classes and name not in m.classes) or not m.backend.supports(name):
+        raise gr.Error(f"class {name!r} is not {upload_class_hint(m.upload_classes())}")
     return name
 
 

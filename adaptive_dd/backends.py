@@ -7,6 +7,7 @@ owns the loop; a backend owns the weights.
     create_backend("bundled")                      # the offline default in assets/backbone-mnist-5k
     create_backend("path/to/class-unet")           # a directory with adaptive_dd.json + unet/ + scheduler/
     create_backend("runwayml/stable-diffusion-v1-5")  # Stable Diffusion by hub id or local directory
+    create_backend("facebook/DiT-XL-2-256")        # DiT (a DiTPipeline folder) by hub id or local directory
 """
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from pathlib import Path
 
 import torch
 
+from . import imagenet
 from .data import ASSETS
 from .fidelity import ModelLoadError
 
 BUNDLED_BACKBONE = ASSETS / "backbone-mnist-5k"
 SD_BETAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+SD_LAMBDA = 2000.0
+SD_LATENT_NUMEL = 4 * 64 * 64
+DIT_BETAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)
 # Schedulers whose step draws noise from one batch-wide generator, which would tie a sample to its batch.
 STOCHASTIC_SCHEDULERS = {"DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
                          "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler"}
@@ -44,7 +49,8 @@ class Backend(ABC):
     dtype: torch.dtype
     description: str
 
-    def make_scheduler(self, name: str = "DDIMScheduler"):
+    def make_scheduler(self, name: str = "DDIMScheduler", **overrides):
+        """A fresh scheduler of class `name` from the backbone's scheduler config (overrides win)."""
         import diffusers
 
         if name in STOCHASTIC_SCHEDULERS:
@@ -53,15 +59,18 @@ class Backend(ABC):
         cls = getattr(diffusers, name, None)
         if cls is None or not hasattr(cls, "from_config"):
             raise ModelLoadError(f"unknown scheduler {name!r}: not a diffusers scheduler class")
-        return cls.from_config(self.scheduler_config)
+        return cls.from_config(self.scheduler_config, **overrides)
+
+    def supports(self, name: str) -> bool:
+        """Whether the backbone can condition on the class name."""
+        return self.classes is None or name in self.classes
 
     def check_classes(self, names: list[str]) -> None:
-        if self.classes is None:
-            return
-        missing = [n for n in names if n not in self.classes]
+        missing = [n for n in names if not self.supports(n)]
         if missing:
-            raise ValueError(f"class {missing[0]!r} is not one of the backbone's classes "
-                             f"({', '.join(self.classes)})")
+            shown = ", ".join(self.classes[:12]) + (f", ... ({len(self.classes)} in all)" if len(self.classes) > 12
+                                                     else "")
+            raise ValueError(f"class {missing[0]!r} is not one of the backbone's classes ({shown})")
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -138,7 +147,32 @@ class ClassUNetBackend(Backend):
         return self.unet(latents, t, class_labels=cond).sample
 
 
-class StableDiffusionBackend(Backend):
+class VAELatents:
+    """Latent-space backends (Stable Diffusion, DiT): latents are the AutoencoderKL posterior's mean times its
+    scaling factor (a deterministic encoding); grey images are repeated to RGB."""
+
+    vae: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, images):
+        x = images.to(self.device, self.dtype) * 2 - 1
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents):
+        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+class StableDiffusionBackend(VAELatents, Backend):
     """Stable Diffusion v1.x/2.x components (UNet2DConditionModel, AutoencoderKL, CLIP) in latent space.
 
     The class name fills the prompt template; the negative prompt is the null condition. Latents are the
@@ -161,12 +195,11 @@ class StableDiffusionBackend(Backend):
         self.text_encoder = pipe.text_encoder.to(self.device).eval().requires_grad_(False)
         self.tokenizer = pipe.tokenizer
         self.scheduler_config = dict(pipe.scheduler.config)
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size = int(self.unet.config.sample_size) * self.vae_scale
         self.channels = 3
         self.classes = None
         self.default_betas = SD_BETAS
-        self.default_lambda = 2000.0
+        self.default_lambda = SD_LAMBDA
         self.prompt = prompt
         self.negative_prompt = negative_prompt
         self._embeds: dict[str, torch.Tensor] = {}
@@ -181,30 +214,106 @@ class StableDiffusionBackend(Backend):
         return self._embeds[text]
 
     def condition(self, names):
-        return torch.cat([self._embed(self.prompt.format(name=n)) for n in names])
+        """Prompts with the class name; a WordNet id (ImageNet class folder) is replaced by its readable name."""
+        return torch.cat([self._embed(self.prompt.format(name=imagenet.readable(n))) for n in names])
 
     def null_condition(self, n):
         return self._embed(self.negative_prompt).expand(n, -1, -1)
-
-    @torch.no_grad()
-    def encode(self, images):
-        x = images.to(self.device, self.dtype) * 2 - 1
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def decode(self, latents):
-        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
 
     def predict_noise(self, latents, t, cond):
         return self.unet(latents, t, encoder_hidden_states=cond).sample
 
 
+class DiTBackend(VAELatents, Backend):
+    """DiT as diffusers' DiTPipeline runs it: a DiTTransformer2DModel (or Transformer2DModel) over AutoencoderKL
+    latents, conditioned on a class index, with index num_classes as the null class.
+
+    The transformer predicts noise and, when out_channels is twice the latent channels, a learned variance:
+    predict_noise returns the noise channels only, and the sampler guides those (DiTPipeline applies CFG to the
+    same channels and drops the variance before the scheduler step). Class names map to indices through the
+    model's id2label (every comma-separated alias, as DiTPipeline.get_label_ids) and, for 1000-class models,
+    through ImageNet WordNet ids or readable names. fp16 on CUDA, fp32 on CPU.
+
+    default_lambda: under the median bandwidth, the repulsion term's norm falls as 1/||z_i - z_j||, i.e. as
+    1/sqrt(D) for D latent numbers, so its push per latent number falls as 1/D; lambda is scaled with D from
+    Stable Diffusion's 2000 at 4x64x64 (the same VAE), which gives 500 for DiT-XL/2-256's 4x32x32 latents.
+    """
+
+    def __init__(self, spec: str, device: str | torch.device = "cpu"):
+        from diffusers import DiTPipeline
+
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        try:
+            pipe = DiTPipeline.from_pretrained(spec, torch_dtype=self.dtype)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise ModelLoadError(f"DiT model {spec!r} does not load: {str(e).splitlines()[0]}") from None
+        self.transformer = pipe.transformer.to(self.device).eval().requires_grad_(False)
+        self.vae = pipe.vae.to(self.device).eval().requires_grad_(False)
+        cfg = self.transformer.config
+        self.num_classes = int(cfg.num_embeds_ada_norm)
+        self.latent_channels = int(cfg.in_channels)
+        self.learned_sigma = int(cfg.out_channels) == 2 * self.latent_channels
+        self.scheduler_config = dict(pipe.scheduler.config)
+        self.image_size = int(cfg.sample_size) * self.vae_scale
+        self.channels = 3
+        # id2label lives in model_index.json (DiTPipeline does not keep it): each id's first alias names its class
+        id2label = pipe.load_config(spec).get("id2label") or {}
+        self.labels = dict(pipe.labels) or {str(i): i for i in range(self.num_classes)}
+        self.classes = ([id2label[k].split(",")[0].strip() for k in sorted(id2label, key=int)] if id2label
+                        else list(self.labels))
+        self.default_betas = DIT_BETAS
+        self.default_lambda = SD_LAMBDA * self.latent_channels * int(cfg.sample_size) ** 2 / SD_LATENT_NUMEL
+        self.description = (f"DiT {spec} ({self.image_size} px, {self.num_classes} classes, "
+                            f"{sum(p.numel() for p in self.transformer.parameters()) / 1e6:.1f}M params, "
+                            f"{self.dtype}) on {self.device}")
+
+    def label_id(self, name: str) -> int | None:
+        """The class index a name conditions on, or None."""
+        if name in self.labels:
+            return self.labels[name]
+        c = imagenet.lookup(name)
+        return c.index if c is not None and self.num_classes == imagenet.NUM_CLASSES else None
+
+    def supports(self, name: str) -> bool:
+        return self.label_id(name) is not None
+
+    def condition(self, names):
+        self.check_classes(names)
+        return torch.tensor([self.label_id(n) for n in names], device=self.device)
+
+    def null_condition(self, n):
+        return torch.full((n,), self.num_classes, device=self.device, dtype=torch.long)
+
+    def predict_noise(self, latents, t, cond):
+        """Noise for each latent at its timestep: t is one timestep for the batch or one per sample."""
+        t = torch.as_tensor(t, device=self.device)
+        if t.dim() == 0:
+            t = t.expand(len(latents))
+        out = self.transformer(latents.to(self.dtype), timestep=t, class_labels=cond).sample
+        return out[:, :self.latent_channels] if self.learned_sigma else out
+
+
+def _pipeline_class(spec: str) -> str | None:
+    """The `_class_name` of a diffusers folder's or hub id's model_index.json (None when there is none to read)."""
+    path = Path(spec)
+    if path.exists():
+        index = path / "model_index.json"
+        try:
+            return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{index}: unreadable ({e})") from None
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.load_config(spec).get("_class_name")
+    except (OSError, ValueError):
+        return None
+
+
 def create_backend(spec: str | None = "bundled", device: str | torch.device = "cpu", prompt: str = "a photo of a {name}",
                    negative_prompt: str = "") -> Backend:
-    """Resolve a backbone by name or path: "bundled", a class-UNet directory, or Stable Diffusion (id or dir)."""
+    """Resolve a backbone by name or path: "bundled", a class-UNet directory, DiT or Stable Diffusion (id or dir)."""
     if spec in (None, "", "bundled"):
         return ClassUNetBackend(BUNDLED_BACKBONE, device)
     path = Path(spec)
@@ -212,5 +321,7 @@ def create_backend(spec: str | None = "bundled", device: str | torch.device = "c
         return ClassUNetBackend(path, device)
     if path.exists() and not (path / "model_index.json").exists():
         raise ModelLoadError(f"{path}: neither a class-UNet backbone (adaptive_dd.json) nor a diffusers "
-                             f"Stable Diffusion directory (model_index.json)")
+                             f"Stable Diffusion or DiT directory (model_index.json)")
+    if _pipeline_class(spec) == "DiTPipeline":
+        return DiTBackend(spec, device)
     return StableDiffusionBackend(spec, device, prompt, negative_prompt)

@@ -7,12 +7,17 @@ an unbounded noise term lets the GP explain away a whole axis after a few points
 to [0.1, 2] grid widths for the same reason.
 UCB(x) = m(x) + kappa * sigma(x) is computed over the whole grid here, with evaluated and pending points
 masked, rather than by skopt's Optimizer, whose duplicate avoidance on a small grid can re-propose a point.
+
+The GP is fitted to a monotone warp of f (the objective's choice, e.g. -log(-f) for f = -KL, whose useful
+differences are small next to its range) and its posterior is mapped back through the inverse warp, which keeps
+quantiles: the reported mean is the posterior median and UCB the same quantile, both in f's own units.
+The initial design is a Latin hypercube that includes both ends of each axis (the optimum of these surfaces
+tends to sit on an edge, which a centred design never samples).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -27,9 +32,30 @@ class Observation:
     index: tuple[int, int]
 
 
+WARP_EPS = 1e-4
+WARPS = ("none", "neglog")
+
+
+def warp(f: np.ndarray, kind: str) -> np.ndarray:
+    """The GP's target: "neglog" maps f = -KL <= 0 to -log(KL + 1e-4); "none" keeps f."""
+    f = np.asarray(f, float)
+    if kind == "none":
+        return f
+    return -np.log(np.maximum(-f, 0.0) + WARP_EPS)
+
+
+def unwarp(y: np.ndarray, kind: str) -> np.ndarray:
+    y = np.asarray(y, float)
+    return -(np.exp(-y) - WARP_EPS) if kind == "neglog" else y
+
+
 @dataclass(frozen=True)
 class GridPosterior:
-    """The GP posterior of f over the full grid: arrays shaped (len(betas), len(gammas))."""
+    """The GP posterior of f over the full grid, in f's units: arrays shaped (len(betas), len(gammas)).
+
+    mean is the posterior median (the warp's inverse of the GP mean), std half the width of the +-1 sigma
+    interval, ucb the inverse warp of m + kappa * sigma.
+    """
 
     betas: tuple[float, ...]
     gammas: tuple[float, ...]
@@ -41,10 +67,13 @@ class GridPosterior:
 class GridBO:
     """Maximise f over betas x gammas: ask(q) proposes unevaluated grid points, tell() records their f."""
 
-    def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 3, seed: int = 0):
+    def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none"):
         self.betas = tuple(float(b) for b in betas)
         self.gammas = tuple(float(g) for g in gammas)
         self.kappa = float(kappa)
+        if warp not in WARPS:
+            raise ValueError(f"unknown warp {warp!r}; use one of {', '.join(WARPS)}")
+        self.warp = warp
         self.n_initial = max(1, int(n_initial))
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -55,7 +84,7 @@ class GridBO:
         self.observations: list[Observation] = []
         self._evaluated = np.zeros(len(self.indices), bool)
         self._model = None
-        self._design = self._latin_design()
+        self._design = self._initial_design()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -78,7 +107,7 @@ class GridBO:
                                       random_state=self.seed % 2**32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            gp.fit(self.coords[flat_idx], np.asarray(y, float))
+            gp.fit(self.coords[flat_idx], warp(y, self.warp))
         return gp
 
     def _predict(self, model) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +117,14 @@ class GridBO:
         mean, std = model.predict(self.coords, return_std=True)
         return mean, np.maximum(std, 0.0)
 
-    def _latin_design(self) -> list[int]:
-        """A centred Latin hypercube of n_initial points snapped to the grid: interior, spread on both axes."""
+    def _initial_design(self) -> list[int]:
+        """An edge-inclusive Latin hypercube of n_initial points snapped to the grid: on each axis the points sit
+        at 0, 1/(n-1), ..., 1 of its range, so both ends of beta and of gamma are sampled (a centred design never
+        reaches the edges, where the optimum of these surfaces tends to sit) and the interior is too."""
         n = min(self.n_initial, len(self.indices))
-        nb, ng = self.shape
         picks: list[int] = []
         for a, b in zip(self.rng.permutation(n), self.rng.permutation(n)):
-            target = np.array([(a + 0.5) / n, (b + 0.5) / n])
+            target = np.array([a, b]) / max(n - 1, 1)
             order = np.argsort(np.linalg.norm(self.coords - target, axis=1), kind="stable")
             picks.append(int(next(p for p in order if p not in picks)))
         return picks
@@ -111,7 +141,7 @@ class GridBO:
         taken[picks] = True
         obs_idx = [self._flat(o.index) for o in self.observations]
         obs_f = [o.f for o in self.observations]
-        lie = float(np.mean(obs_f)) if obs_f else 0.0
+        lie = float(unwarp(np.mean(warp(obs_f, self.warp)), self.warp)) if obs_f else 0.0
         while len(picks) < q and not taken.all():
             model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks)) if picks else self._model
             mean, std = self._predict(model)
@@ -137,9 +167,13 @@ class GridBO:
 
     def posterior(self) -> GridPosterior:
         mean, std = self._predict(self._model)
-        shape = self.shape
-        return GridPosterior(self.betas, self.gammas, mean.reshape(shape), std.reshape(shape),
-                             (mean + self.kappa * std).reshape(shape))
+        shape, w = self.shape, self.warp
+        if self._model is None:
+            return GridPosterior(self.betas, self.gammas, np.full(shape, np.nan), np.full(shape, np.nan),
+                                 np.full(shape, np.nan))
+        half = (unwarp(mean + std, w) - unwarp(mean - std, w)) / 2
+        return GridPosterior(self.betas, self.gammas, unwarp(mean, w).reshape(shape), half.reshape(shape),
+                             unwarp(mean + self.kappa * std, w).reshape(shape))
 
     @property
     def best(self) -> Observation | None:

@@ -12,8 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
+from .evaluation.students import PROTOCOLS
+from .fidelity import OBJECTIVES
 from .options import parse_bandwidth, parse_floats, parse_names
-from .evaluation.students import StudentConfig
 
 # Processes meet at a barrier after loading their models and again when their last class is done; a slow model
 # download or an uneven last class must not trip torch.distributed's default 10-30 min timeout.
@@ -39,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Read a value such as "-1,2" as a number list, not an option, so `--betas -1,2` reaches validation:
     # the pattern newer argparse releases use; older ones take only a single plain negative number.
     d._negative_number_matcher = re.compile(r"-\.?\d")
-    d.add_argument("--data", default=cfg.data, help="uci-digits, mnist-5k, or an ImageFolder directory")
+    d.add_argument("--data", default=cfg.data, help="uci-digits, mnist-5k, an ImageFolder directory (with or "
+                   "without train/ and test/), or a Hugging Face dataset saved with save_to_disk")
     d.add_argument("--out", required=True, help="output folder (ImageFolder layout + manifest.json)")
-    d.add_argument("--classes", help="comma-separated class names (default: all)")
+    d.add_argument("--classes", help="comma-separated class names or WordNet ids; the presets imagenette and "
+                   "imagewoof stand for their 10 wnids (default: all)")
     d.add_argument("--ipc", type=int, default=cfg.ipc, help="images per class")
     d.add_argument("--m-seed", type=int, default=cfg.m_seed, help="seed images per mini-batch")
     d.add_argument("--budget", type=int, default=cfg.bo.budget, help="BO evaluations per mini-batch")
@@ -50,14 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--betas", help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
     d.add_argument("--gammas", default=",".join(f"{g:g}" for g in cfg.bo.gammas),
                    help="strength grid, in (0, 1]")
-    d.add_argument("--steps", type=int, default=cfg.sampler.steps, help="full sampler steps (proxies use half)")
+    d.add_argument("--steps", type=int, default=cfg.sampler.steps, help="full sampler steps")
+    d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
+                   "full sampler starts and take every (steps // proxy-steps)-th step (default: every other)")
+    d.add_argument("--objective", choices=list(OBJECTIVES), default=cfg.bo.objective,
+                   help="what BO maximises: " + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
+    d.add_argument("--temperature", type=float, help="teacher temperature of the objective (default: 1 for the "
+                   "KL objectives, 20 for confidence)")
+    d.add_argument("--novelty-weight", type=float, default=cfg.bo.novelty_weight,
+                   help="w of the kl_novelty objective")
+    d.add_argument("--n-initial", type=int, default=cfg.bo.n_initial,
+                   help="BO's initial design: the grid's corners, then Latin points")
     d.add_argument("--scheduler", default=cfg.sampler.scheduler, help="a diffusers scheduler class")
     d.add_argument("--eta", type=float, default=cfg.sampler.eta, help="DDIM eta")
     d.add_argument("--lam", "--lambda", dest="lam", type=float, help="repulsion weight (default: the backbone's)")
     d.add_argument("--bandwidth", default=cfg.repulsion.bandwidth, help="RBF sigma, or auto (median heuristic)")
     d.add_argument("--seed", type=int, default=cfg.seed, help="run seed (noise, seed images, BO)")
     d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available; cpu under accelerate --cpu)")
-    d.add_argument("--model", default=cfg.model, help="bundled, a class-UNet folder, or Stable Diffusion id/path")
+    d.add_argument("--model", default=cfg.model, help="bundled, a class-UNet folder, or a Stable Diffusion or DiT "
+                   "(e.g. facebook/DiT-XL-2-256) hub id or folder")
     d.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
     d.add_argument("--prompt", default=cfg.prompt, help="Stable Diffusion prompt template")
     d.add_argument("--negative-prompt", default=cfg.negative_prompt, help="Stable Diffusion null condition")
@@ -68,12 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "recorded beside OUT (refused, naming the fields, if the settings differ)")
     e = sub.add_parser("evaluate", help="train students on a distilled set and measure quality and diversity",
                        formatter_class=_HelpFormatter)
-    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`")
-    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against")
+    e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`, or any ImageFolder "
+                   "(classes from folder names, matched to the teacher's by name or WordNet id)")
+    e.add_argument("--data", required=True, help="the target dataset whose test split is measured against (as "
+                   "distill's --data; a test/ or val/ folder, or a saved dataset's test or validation split)")
     e.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
-    e.add_argument("--archs", default="resnet10t,convnext", help="student architectures (or timm names)")
-    e.add_argument("--seeds", default="0,1,2", help="student seeds")
-    e.add_argument("--steps", type=int, default=StudentConfig().steps, help="student optimisation steps")
+    e.add_argument("--protocol", choices=list(PROTOCOLS), help="student protocol: " + "; ".join(
+        f"{k}: {v}" for k, v in PROTOCOLS.items()) + " (default: digits for the built-in sets, rded otherwise)")
+    e.add_argument("--archs", help="student architectures or timm names (default: the protocol's)")
+    e.add_argument("--seeds", help="student seeds (default: the protocol's, 0,1,2)")
+    e.add_argument("--steps", type=int, help="student optimisation steps, replacing the protocol's (digits: 300 "
+                   "steps; rded: 300 epochs)")
     e.add_argument("--no-quality", action="store_true", help="students only, no FID/KID/PRDC/Vendi")
     e.add_argument("--json", help="also write the report to this file")
     return p
@@ -98,17 +117,25 @@ def _processes(device: str):
     return PartialState(cpu=device.startswith("cpu"), timeout=BARRIER_TIMEOUT)
 
 
+def class_list(text: str | None) -> list[str] | None:
+    """A --classes value as a list, the ImageNet subset presets expanded to their wnids (in their anchors' order)."""
+    from .imagenet import expand_classes
+
+    return expand_classes(parse_names(text)) if text is not None else None
+
+
 def config_from_args(a: argparse.Namespace) -> DistillConfig:
     """The run's config; list and bandwidth options are parsed here, so their errors read like validation's."""
     return DistillConfig(
-        data=a.data, model=a.model, teacher=a.teacher,
-        classes=parse_names(a.classes) if a.classes is not None else None,
+        data=a.data, model=a.model, teacher=a.teacher, classes=class_list(a.classes),
         ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device or _default_device(), prompt=a.prompt,
         negative_prompt=a.negative_prompt,
-        sampler=SamplerConfig(steps=a.steps, scheduler=a.scheduler, eta=a.eta),
+        sampler=SamplerConfig(steps=a.steps, proxy_steps=a.proxy_steps, scheduler=a.scheduler, eta=a.eta),
         repulsion=RepulsionConfig(weight=a.lam, bandwidth=parse_bandwidth(a.bandwidth)),
         bo=BOConfig(betas=None if a.betas is None else parse_floats(a.betas, "--betas"),
-                    gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q),
+                    gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q,
+                    n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
+                    novelty_weight=a.novelty_weight),
     )
 
 
@@ -172,6 +199,27 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
     return 0
 
 
+def student_config(a: argparse.Namespace, per_class: list[int]):
+    """The --protocol preset for the set (its IPC and class count), with --archs, --seeds and --steps applied."""
+    from dataclasses import replace
+
+    from .data import BUILTIN_DATASETS
+    from .evaluation.students import protocol
+
+    name = a.protocol or ("digits" if a.data in BUILTIN_DATASETS else "rded")
+    cfg = protocol(name, max(per_class), len(per_class))
+    try:
+        if a.archs is not None:
+            cfg = replace(cfg, archs=tuple(parse_names(a.archs)))
+        if a.seeds is not None:
+            cfg = replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()))
+        if a.steps is not None:
+            cfg = replace(cfg, steps=a.steps, epochs=None)
+        return name, cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
+
+
 def evaluate(a: argparse.Namespace) -> int:
     import json
 
@@ -181,16 +229,14 @@ def evaluate(a: argparse.Namespace) -> int:
     from .evaluation import load_distilled
     from .fidelity import load_teacher
 
-    try:
-        cfg = StudentConfig(archs=tuple(parse_names(a.archs)),
-                            seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()), steps=a.steps).validate()
-    except ValueError as e:
-        raise ValueError(f"--archs/--seeds/--steps: {e}") from None
     dset = load_distilled(a.distilled)
+    name, cfg = student_config(a, dset.per_class())
     teacher = load_teacher(a.teacher or default_teacher(a.data))
     report = run_evaluation(dset, teacher, load_dataset(a.data, "test"), cfg, with_quality=not a.no_quality)
+    report["protocol"] = name
+    length = f"{cfg.steps} steps" if cfg.epochs is None else f"{cfg.epochs} epochs"
     print(f"{report['set']}: {report['n_images']} images, per class {report['per_class']}; "
-          f"students on {report['test_split']} ({len(cfg.seeds)} seeds, {cfg.steps} steps)")
+          f"students ({name} protocol) on {report['test_split']} ({len(cfg.seeds)} seeds, {length})")
     for arch, s in report["students"].items():
         print(f"  {arch:<10} accuracy {100 * s['mean']:.2f} ± {100 * s['std']:.2f}  "
               f"({', '.join(f'{100 * v:.1f}' for v in s['acc'])})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .fidelity import Objective
 from .repulsion import validate_bandwidth
 
 DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -20,7 +21,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class SamplerConfig:
-    """The full sampler's steps; the BO proxy runs half of them (Algorithm 1, line 10)."""
+    """The full sampler's steps and the BO proxies' share of them (Algorithm 1, line 10: half).
+
+    A proxy for strength gamma starts at the full sampler's start timestep for gamma and takes every
+    (steps // proxy_steps)-th step of its schedule, so proxy_steps (default steps // 2) must divide steps.
+    """
 
     steps: int = 50
     proxy_steps: int | None = None
@@ -28,14 +33,16 @@ class SamplerConfig:
     eta: float = 0.0
 
     @property
-    def proxy(self) -> int:
-        return self.proxy_steps if self.proxy_steps is not None else max(1, self.steps // 2)
+    def proxy_stride(self) -> int:
+        return 2 if self.proxy_steps is None else self.steps // self.proxy_steps
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.proxy < 1:
-            raise ConfigError(f"proxy_steps must be >= 1, got {self.proxy}")
+        if self.steps < 2:
+            raise ConfigError(f"steps must be >= 2 (proxies take every other step), got {self.steps}")
+        if self.proxy_steps is not None and not (1 <= self.proxy_steps <= self.steps
+                                                 and self.steps % self.proxy_steps == 0):
+            raise ConfigError(f"proxy_steps must divide steps ({self.steps}): proxies take every "
+                              f"(steps // proxy_steps)-th step of the final schedule; got {self.proxy_steps}")
         if self.eta < 0:
             raise ConfigError(f"eta must be >= 0, got {self.eta}")
 
@@ -58,16 +65,32 @@ class RepulsionConfig:
 
 @dataclass
 class BOConfig:
-    """GP-UCB over betas x gammas; betas None means the backend's own grid."""
+    """GP-UCB over betas x gammas; betas None means the backend's own grid.
+
+    objective names what a proxy is scored by (fidelity.OBJECTIVES); temperature None is the objective's own
+    default (1 for the KL objectives, 20 for "confidence"); novelty_weight is w of "kl_novelty".
+    """
 
     betas: tuple[float, ...] | None = None
     gammas: tuple[float, ...] = DEFAULT_GAMMAS
     budget: int = 8
     kappa: float = 2.0
     q: int = 1
-    n_initial: int = 3
+    n_initial: int = 4
+    objective: str = "kl"
+    temperature: float | None = None
+    novelty_weight: float = 1.0
+
+    def make_objective(self) -> Objective:
+        return Objective(self.objective, self.temperature, self.novelty_weight)
 
     def validate(self) -> None:
+        try:
+            self.make_objective()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.n_initial < 1:
+            raise ConfigError(f"n_initial must be >= 1, got {self.n_initial}")
         if self.betas is not None:
             if not self.betas:
                 raise ConfigError("the beta grid is empty")
@@ -122,8 +145,8 @@ class DistillConfig:
         self.repulsion.validate()
         self.bo.validate()
         low = min(self.bo.gammas)
-        if int(self.sampler.proxy * low) < 1:
-            raise ConfigError(f"gamma {low} with {self.sampler.proxy} proxy steps runs no denoising step "
+        if int(self.sampler.steps * low) < 1:
+            raise ConfigError(f"gamma {low} with {self.sampler.steps} steps runs no denoising step "
                               f"(int(steps * gamma) = 0): raise the steps or the smallest gamma")
         return self
 

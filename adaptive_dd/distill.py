@@ -1,9 +1,10 @@
 """Algorithm 1 as a stream of typed events.
 
 For every class: draw mini-batches of seeds (without replacement), run GP-UCB over beta x gamma on proxy
-generations with half the steps (a BOStep event after every round), regenerate the seeds at the best OBSERVED
-(beta*, gamma*) with the full sampler and repulsion (BatchDone), until the class has exactly IPC images
-(ClassDone); RunDone closes the stream. The CLI, the app and the benchmarks consume this stream.
+generations that take every other step of the final schedule (a BOStep event after every round), each scored by
+the configured objective (eq. 5 by default), regenerate the seeds at the best OBSERVED (beta*, gamma*) with the
+full sampler and repulsion (BatchDone), until the class has exactly IPC images (ClassDone); RunDone closes the
+stream. The CLI, the app and the benchmarks consume this stream.
 
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
 so classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
@@ -20,9 +21,10 @@ import torch
 
 from .backends import Backend, create_backend
 from .bo import GridBO, GridPosterior, Observation
+from .classmap import align_teacher, class_notes
 from .config import ConfigError, DistillConfig, RepulsionConfig
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
-from .fidelity import Teacher, fidelity, load_teacher
+from .fidelity import Teacher, load_teacher
 from .repulsion import Bandwidth, mean_pairwise_distance
 from .sampler import img2img, noise_seed
 
@@ -64,8 +66,8 @@ class BatchDone:
     slots: list[int]
     beta: float
     gamma: float
-    f_proxy: float | None  # None when the grid is a single point: no proxy was run
-    f_final: float
+    f_proxy: float | None  # the objective at (beta*, gamma*); None when the grid is one point: no proxy was run
+    f_final: float  # the same objective on the final images
     diversity: float
     observations: list[Observation]
     seconds_bo: float
@@ -135,7 +137,7 @@ class Regenerated:
 
     images: torch.Tensor
     latents: torch.Tensor
-    f: float  # the score BatchDone.f_final reports, here eq. 5 over the batch
+    f: float  # the run's objective over the batch, as BatchDone.f_final reports it
     diversity: float  # mean pairwise latent distance
 
 
@@ -170,15 +172,26 @@ class Distiller:
         teacher_spec = None if teacher is not None else (config.teacher or default_teacher(config.data))
         self.backend = backend or create_backend(config.model, config.device, config.prompt, config.negative_prompt)
         self.backend.check_classes(self.classes)
-        self.teacher = teacher or load_teacher(teacher_spec, config.device)
+        # an ImageNet teacher on an ImageNet subset: only the subset's outputs (classmap.py)
+        self.teacher = align_teacher(teacher or load_teacher(teacher_spec, config.device), self.dataset.classes)
         self.betas = tuple(config.bo.betas or self.backend.default_betas)
         weight = config.repulsion.weight
         self.weight = self.backend.default_lambda if weight is None else float(weight)
+        self.objective = config.bo.make_objective()
 
     def describe(self) -> dict:
         """The loaded models and resolved defaults, for manifests and the app's models panel."""
         return {"backbone": self.backend.description, "teacher": self.teacher.config.model_name,
-                "lambda": self.weight, "betas": list(self.betas)}
+                "lambda": self.weight, "betas": list(self.betas), "objective": self.objective.name,
+                "objective_temperature": self.objective.tau, **class_notes(self.classes, self.teacher)}
+
+    def target_index(self, class_name: str) -> int:
+        """The teacher output that stands for class_name: by the teacher's class names when it has them, else
+        the dataset's class order (the bundled teachers were trained in it)."""
+        names = self.teacher.classes
+        if names and class_name in names:
+            return names.index(class_name)
+        return self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
 
     def seed_plan(self, class_name: str) -> tuple[list[np.ndarray], bool]:
         """This run's seed_plan for one class."""
@@ -212,15 +225,16 @@ class Distiller:
         weight, bandwidth = self.repulsion(weight, bandwidth)
         out = self.generate(seed_images, class_name, beta, gamma, self.noise_seeds(class_name, slots), proxy=False,
                             weight=weight, bandwidth=bandwidth)
-        f = fidelity(self.teacher.logits(seed_images), self.teacher.logits(out.images))
+        f = self.objective(self.teacher.embed(seed_images), self.teacher.embed(out.images),
+                           self.target_index(class_name))
         return Regenerated(out.images, out.latents, f, mean_pairwise_distance(out.latents))
 
     def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
                  weight: float | None = None, bandwidth=None, groups=None):
-        """Proxy (half steps, no repulsion) or full (repulsion) generation of seed_images."""
+        """Proxy (every other step of the final schedule, no repulsion) or full (repulsion) generation."""
         sc = self.config.sampler
         return img2img(self.backend, seed_images, [class_name] * len(seed_images), beta, gamma, seeds,
-                       steps=sc.proxy if proxy else sc.steps, scheduler=sc.scheduler, eta=sc.eta,
+                       steps=sc.steps, stride=sc.proxy_stride if proxy else 1, scheduler=sc.scheduler, eta=sc.eta,
                        repulsion_weight=0.0 if proxy else (self.weight if weight is None else weight),
                        bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth,
                        groups=groups)
@@ -234,9 +248,10 @@ class Distiller:
         seeds = [noise_seed(cfg.seed, c, s) for s in slots]
         m = len(seed_images)
         t0 = time.perf_counter()
-        seed_logits = self.teacher.logits(seed_images)
+        seed_view = self.teacher.embed(seed_images)
+        target = self.target_index(class_name)
         bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
-                    seed=noise_seed(cfg.seed, c, batch_index, 1))
+                    seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp)
         grid_size = len(self.betas) * len(cfg.bo.gammas)
         budget = 0 if grid_size == 1 else min(cfg.bo.budget, grid_size)  # a one-point grid leaves nothing to choose
         while len(bo.observations) < budget:
@@ -245,8 +260,8 @@ class Distiller:
             g = [bo.gammas[j] for _, j in points]
             out = self.generate(seed_images.repeat(len(points), 1, 1, 1), class_name,
                                 np.repeat(b, m), np.repeat(g, m), seeds * len(points), proxy=True)
-            gen_logits = self.teacher.logits(out.images)
-            values = [fidelity(seed_logits, gen_logits[k * m:(k + 1) * m]) for k in range(len(points))]
+            gen_view = self.teacher.embed(out.images)
+            values = [self.objective(seed_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
             bo.tell(points, values)
             yield BOStep(class_name, c, batch_index, len(bo.observations), budget, bo.observations[-len(points):],
                          list(bo.observations), bo.posterior(), bo.best,
@@ -255,7 +270,7 @@ class Distiller:
             (self.betas[0], cfg.bo.gammas[0], None)
         t1 = time.perf_counter()
         final = self.generate(seed_images, class_name, beta, gamma, seeds, proxy=False)
-        f_final = fidelity(seed_logits, self.teacher.logits(final.images))
+        f_final = self.objective(seed_view, self.teacher.embed(final.images), target)
         t2 = time.perf_counter()
         yield BatchDone(class_name, c, batch_index, final.images, seed_images, list(seed_ids), slots, beta,
                         gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),

@@ -1,4 +1,5 @@
-"""Teachers and the fidelity objective of eq. 5: f = -KL(T(I) || T(G)) averaged over the mini-batch.
+"""Teachers, the fidelity objective of eq. 5, f = -KL(T(I) || T(G)) averaged over the mini-batch, and the other
+objectives BO can maximise (named, recorded in the manifest).
 
 A teacher is any timm classifier with its own preprocessing; the bundled ones are timm models too, loaded by
 the same code from a directory holding config.json and model.safetensors.
@@ -6,6 +7,7 @@ the same code from a directory holding config.json and model.safetensors.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,11 +83,28 @@ class Teacher(torch.nn.Module):
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Penultimate-layer features (timm's pooled pre-logits)."""
-        out = []
+        return self.embed(images, batch_size).features
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 256) -> "Embedding":
+        """Logits and penultimate features from one pass of the trunk (the objectives need both)."""
+        logits, feats = [], []
         for i in range(0, len(images), batch_size):
             h = self.model.forward_features(self.preprocess(images[i:i + batch_size]))
-            out.append(self.model.forward_head(h, pre_logits=True))
-        return torch.cat(out)
+            logits.append(self.model.forward_head(h))
+            feats.append(self.model.forward_head(h, pre_logits=True))
+        return Embedding(torch.cat(logits), torch.cat(feats))
+
+
+@dataclass
+class Embedding:
+    """A teacher's view of a batch of images: logits and penultimate-layer features, row per image."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+    def __getitem__(self, rows) -> "Embedding":
+        return Embedding(self.logits[rows], self.features[rows])
 
 
 def save_teacher(model: torch.nn.Module, config: TeacherConfig, directory: str | Path) -> None:
@@ -172,12 +191,76 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return clean_state_dict(state)
 
 
-def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax p || softmax q) for each row."""
-    log_p, log_q = F.log_softmax(p_logits.float(), -1), F.log_softmax(q_logits.float(), -1)
+def kl_per_sample(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(softmax(p / T) || softmax(q / T)) for each row."""
+    log_p = F.log_softmax(p_logits.float() / temperature, -1)
+    log_q = F.log_softmax(q_logits.float() / temperature, -1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def fidelity(seed_logits: torch.Tensor, generated_logits: torch.Tensor) -> float:
+def fidelity(seed_logits: torch.Tensor, generated_logits: torch.Tensor, temperature: float = 1.0) -> float:
     """Eq. 5: minus the mean over the mini-batch of KL(T(I_i) || T(G_i)), G_i generated from seed I_i."""
-    return -float(kl_per_sample(seed_logits, generated_logits).mean())
+    return -float(kl_per_sample(seed_logits, generated_logits, temperature).mean())
+
+
+def novelty(seeds: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """How far each generation moved from its own seed in teacher features, in units of the seeds' spacing
+    (the median distance between two seeds of the batch; a lone seed uses its feature norm), capped at 1: an
+    image as far from its seed as another real image is as novel as the objective pays for."""
+    seeds, generated = seeds.float(), generated.float()
+    if len(seeds) > 1:
+        d = torch.cdist(seeds, seeds)
+        spacing = d[~torch.eye(len(seeds), dtype=torch.bool)].median()
+    else:
+        spacing = seeds.norm(dim=1).mean()
+    return ((generated - seeds).norm(dim=1) / spacing.clamp_min(1e-8)).clamp(max=1.0)
+
+
+OBJECTIVES = {
+    "kl": "eq. 5: -KL(T(I) || T(G)) at a teacher temperature (default 1, the paper's)",
+    "confidence": "the authors' released variant: mean p_T(c | G) - mean p_T(c | I) at temperature 20",
+    "kl_novelty": "-KL(T(I) || T(G)) + w * novelty, novelty = feature distance to the own seed in units of the "
+                  "seeds' spacing, capped at 1",
+}
+DEFAULT_TEMPERATURE = {"kl": 1.0, "confidence": 20.0, "kl_novelty": 1.0}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What BO maximises for one mini-batch, from the teacher's view of the seeds and of their proxies.
+
+    `warp` is the monotone transform the GP is fitted in: for "kl", f = -KL <= 0 spans decades (~-2.5 at strong
+    edits, ~-0.01 at light ones), so differences in the light-edit column, where the optimum sits, drown under the
+    GP's noise floor; -log(KL) spreads them out. The others are fitted as they are.
+    """
+
+    name: str = "kl"
+    temperature: float | None = None
+    novelty_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.name!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.temperature is not None and not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"objective temperature must be a positive number, got {self.temperature}")
+        if not self.novelty_weight >= 0:
+            raise ValueError(f"novelty weight must be >= 0, got {self.novelty_weight}")
+
+    @property
+    def tau(self) -> float:
+        return DEFAULT_TEMPERATURE[self.name] if self.temperature is None else float(self.temperature)
+
+    @property
+    def warp(self) -> str:
+        return "neglog" if self.name == "kl" else "none"
+
+    def __call__(self, seeds: Embedding, generated: Embedding, target: int) -> float:
+        """f for one candidate: seeds and generated are row-aligned (generated[i] was made from seeds[i])."""
+        if self.name == "confidence":
+            p_gen = F.softmax(generated.logits.float() / self.tau, -1)[:, target]
+            p_seed = F.softmax(seeds.logits.float() / self.tau, -1)[:, target]
+            return float(p_gen.mean() - p_seed.mean())
+        f = fidelity(seeds.logits, generated.logits, self.tau)
+        if self.name == "kl_novelty":
+            f += self.novelty_weight * float(novelty(seeds.features, generated.features).mean())
+        return f

@@ -1,16 +1,30 @@
-"""The batched img2img sampler: one denoising loop over a backend's components, shaped like diffusers'
-pipeline_stable_diffusion_img2img.py (prepare latents, timesteps from strength, denoise loop), where every
-sample carries its own CFG scale beta, strength gamma, noise generator and repulsion group.
+"""The batched img2img sampler: one denoising loop over a backend's components, in the stages of diffusers'
+pipeline_stable_diffusion_img2img.py (check inputs, prepare latents and timesteps from strength, denoise loop,
+decode), where every sample carries its own CFG scale beta, strength gamma, noise generator and repulsion group.
 
-Samples whose gamma gives a later start join the loop when their timestep comes, so one call evaluates many
-(beta, gamma) candidates. Samples that start together share a copy of the scheduler, which keeps multistep
-solvers' history consistent. Without repulsion a sample's result depends only on its own inputs.
+Cohorts: samples whose gamma gives the same start timestep share one copy of the scheduler (multistep solvers keep
+a history per copy, which must not mix samples that started at different times). Cohorts join the loop when
+their first timestep comes and all end on the same final step, so one UNet call per step evaluates many
+(beta, gamma) candidates. `order` is the scheduler's number of model calls per step (2 for Heun-type solvers):
+a start index counts timesteps, so it is the step index times order.
+
+Proxies (BO's cheap generations, Algorithm 1 line 10) run on the final sampler's own schedule: a proxy for gamma
+starts at exactly the timestep the full sampler starts at and takes every `stride`-th of its steps.
+
+Repulsion (eq. 6) is a displacement of the latents, not an edit of the noise the scheduler sees: eq. 6 adds
+lambda * g (g = sum_j grad k) to eps, which an unclipped DDIM step turns into z_prev += d(z_prev)/d(eps) * lambda * g.
+The scheduler steps with the guided eps alone and the sampler adds that displacement after it, so schedulers that
+clip or threshold the predicted clean image (which would keep only part of the term, reversing its sign in clipped
+pixels) still move every latent away from its group mates by the amount eq. 6 gives.
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -36,26 +50,159 @@ class SampleResult:
     latents: torch.Tensor
 
 
+@dataclass
+class Cohort:
+    """Samples that start at the same timestep: their indices, their scheduler copy, the timesteps it runs and,
+    per step, d(z_prev)/d(eps), the factor that turns eq. 6's noise term into a latent displacement."""
+
+    idx: torch.Tensor
+    scheduler: object
+    timesteps: torch.Tensor
+    eps_to_latent: list[float]
+
+    def joins_at(self, loop_length: int) -> int:
+        return loop_length - len(self.timesteps)
+
+
 def guided_noise(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """CFG as eps_u + beta * (eps_c - eps_u), beta per sample (see config.py for the paper's form)."""
     return eps_uncond + beta.view(-1, *([1] * (eps_cond.dim() - 1))) * (eps_cond - eps_uncond)
+
+
+def _alpha_bar(scheduler, t: int | None) -> float:
+    """Cumulative alpha at timestep t; None is the end of the chain (the scheduler's final alpha, else 1)."""
+    if t is None or t < 0:
+        return float(getattr(scheduler, "final_alpha_cumprod", 1.0))
+    return float(scheduler.alphas_cumprod[int(t)])
+
+
+def eps_to_latent(scheduler, t: int, t_next: int | None, eta: float = 0.0) -> float:
+    """d(z_next)/d(eps) of one unclipped first-order step from t to t_next (None: the last step).
+
+    Variance-preserving latents (DDIM, DPM-Solver, UniPC): sqrt(1 - a' - s^2) - sqrt(a' / a) sqrt(1 - a), with
+    a, a' the cumulative alphas and s DDIM's eta-scaled noise; exact for DDIM, the first-order term for
+    multistep solvers. Variance-exploding latents (Euler-type, init_noise_sigma > 1): sigma' - sigma.
+    The value is negative, so adding it times lambda * g moves z against g, i.e. away from its neighbours.
+    """
+    a, a_next = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_next)
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) > 1.0:
+        return math.sqrt((1 - a_next) / a_next) - math.sqrt((1 - a) / a)
+    var = eta ** 2 * (1 - a_next) / (1 - a) * (1 - a / a_next) if eta > 0 else 0.0
+    return math.sqrt(max(1 - a_next - var, 0.0)) - math.sqrt(a_next / a) * math.sqrt(1 - a)
+
+
+def _strided_scheduler(backend: Backend, name: str, stride: int, wanted: torch.Tensor):
+    """A scheduler that runs exactly the timesteps `wanted` (every stride-th of the full schedule's tail).
+
+    Schedulers whose set_timesteps takes a list get it. DDIM-type ones step from t to
+    t - num_train_timesteps // num_inference_steps; an exact Fraction num_train_timesteps / gap makes that
+    gap exactly the proxy's, whatever the rounding of steps // stride would give.
+    """
+    sch = backend.make_scheduler(name)
+    if "timesteps" in inspect.signature(sch.set_timesteps).parameters:
+        sch.set_timesteps(timesteps=[int(t) for t in wanted], device=wanted.device)
+        if not torch.equal(sch.timesteps.to(wanted.device, wanted.dtype), wanted):
+            raise ValueError(f"{name} did not accept the proxy timesteps {wanted.tolist()}")
+        return sch
+    gaps = set((wanted[:-1] - wanted[1:]).tolist()) or {int(wanted[0]) + 1}
+    if not hasattr(sch, "final_alpha_cumprod") or len(gaps) != 1:
+        raise ValueError(f"{name} cannot run proxies on every {stride}th step of the final schedule: use "
+                         f"DDIMScheduler or a scheduler whose set_timesteps takes a list of timesteps")
+    sch.set_timesteps(1, device=wanted.device)
+    sch.timesteps = wanted.clone()
+    sch.num_inference_steps = Fraction(int(sch.config.num_train_timesteps), int(gaps.pop()))
+    return sch
+
+
+def check_inputs(images: torch.Tensor, classes: Sequence[str], seeds: Sequence[int], steps: int, stride: int,
+                 eta: float, scheduler) -> None:
+    n = len(images)
+    if not (len(classes) == len(seeds) == n):
+        raise ValueError(f"{n} images but {len(classes)} classes and {len(seeds)} seeds")
+    if stride < 1 or stride > steps:
+        raise ValueError(f"stride must be in [1, steps = {steps}], got {stride}")
+    if stride > 1 and scheduler.order != 1:
+        raise ValueError(f"proxies on every {stride}th step need a first-order scheduler, not "
+                         f"{type(scheduler).__name__} (order {scheduler.order})")
+    if eta > 0 and "variance_noise" not in inspect.signature(scheduler.step).parameters:
+        raise ValueError(f"eta > 0 needs a scheduler that takes per-sample variance_noise (DDIMScheduler), "
+                         f"not {type(scheduler).__name__}")
+
+
+def prepare_cohorts(backend: Backend, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor, steps: int,
+                    scheduler: str, stride: int, eta: float) -> tuple[list[Cohort], torch.Tensor]:
+    """Timesteps from strength per cohort, and the seeds' latents noised to each cohort's first timestep."""
+    base = backend.make_scheduler(scheduler)
+    base.set_timesteps(steps, device=x0.device)
+    full, order = base.timesteps, base.order
+    starts = np.array([start_index(steps, float(g)) * order for g in gamma])
+    if (starts >= len(full)).any():
+        raise ValueError(f"gamma {float(gamma.min())} with {steps} steps runs no denoising step")
+    cohorts, z = [], torch.empty_like(x0)
+    for s in sorted(set(starts.tolist())):
+        idx = torch.from_numpy(np.flatnonzero(starts == s)).to(x0.device)
+        if stride == 1:
+            sch = copy.deepcopy(base)
+            if hasattr(sch, "set_begin_index"):
+                sch.set_begin_index(s)
+            ts = full[s:]
+        else:
+            ts = full[s::stride]
+            sch = _strided_scheduler(backend, scheduler, stride, ts)
+        coef = [eps_to_latent(sch, int(t), int(ts[k + 1]) if k + 1 < len(ts) else None, eta)
+                for k, t in enumerate(ts)]
+        z[idx] = sch.add_noise(x0[idx], noise[idx], ts[:1].repeat(len(idx)))
+        cohorts.append(Cohort(idx, sch, ts, coef))
+    return cohorts, z
+
+
+def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, int]], cond: torch.Tensor,
+                 null: torch.Tensor, beta: torch.Tensor, group: torch.Tensor, repulsion_weight: float,
+                 bandwidth: Bandwidth, eta: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """One step of every active (cohort, its step index): guided eps, the scheduler's step, then eq. 6's
+    displacement d(z_prev)/d(eps) * lambda * sum_j grad k(z_i, z_j), computed on the latents before the step."""
+    idx = torch.cat([c.idx for c, _ in active])
+    t_in = torch.cat([c.timesteps[k].expand(len(c.idx)) for c, k in active])
+    x_in = torch.cat([c.scheduler.scale_model_input(z[c.idx], c.timesteps[k]) for c, k in active])
+    eps_c, eps_u = backend.predict_noise(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
+                                         torch.cat([cond[idx], null[idx]])).chunk(2)
+    eps = guided_noise(eps_c, eps_u, beta[idx]).to(z.dtype)
+    push = grouped_repulsion(z[idx], group[idx.cpu()], bandwidth) if repulsion_weight > 0 else None
+    out, offset = z.clone(), 0
+    for c, k in active:
+        n = len(c.idx)
+        kw = {}
+        if eta > 0:
+            kw = {"eta": eta, "variance_noise": torch.stack(
+                [torch.randn(z.shape[1:], generator=generators[j]) for j in c.idx.tolist()]).to(z.device, z.dtype)}
+        out[c.idx] = c.scheduler.step(eps[offset:offset + n], c.timesteps[k], z[c.idx], **kw).prev_sample
+        if push is not None:
+            out[c.idx] += (c.eps_to_latent[k] * repulsion_weight) * push[offset:offset + n].to(z.dtype)
+        offset += n
+    return out
+
+
+def decode(backend: Backend, z: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([backend.decode(z[i:i + batch]) for i in range(0, len(z), batch)]).cpu()
 
 
 @torch.no_grad()
 def img2img(
     backend: Backend,
     images: torch.Tensor,
-    classes: list[str],
-    betas,
-    gammas,
-    seeds: list[int],
+    classes: Sequence[str],
+    betas: float | Sequence[float],
+    gammas: float | Sequence[float],
+    seeds: Sequence[int],
     steps: int = 50,
     scheduler: str = "DDIMScheduler",
     eta: float = 0.0,
     repulsion_weight: float = 0.0,
     bandwidth: Bandwidth = "auto",
-    groups=None,
+    groups: Sequence[int] | None = None,
+    stride: int = 1,
     decode_batch: int = 16,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> SampleResult:
     """Regenerate `images` (N, C, H, W in [0, 1]) through the backbone.
 
@@ -63,64 +210,29 @@ def img2img(
         classes: class name per sample (the condition; for Stable Diffusion, the prompt's {name}).
         betas, gammas: CFG scale and img2img strength per sample (or one value for all).
         seeds: one noise seed per sample; the same seed gives the same image whatever else is in the batch.
-        steps: inference steps of the scheduler; gamma runs the last int(steps * gamma) of them.
+        steps: inference steps of the full schedule; gamma runs the last int(steps * gamma) of them.
         repulsion_weight, bandwidth, groups: eq. 6 within each group id (default: one group). 0 = plain sampler.
+        stride: take every stride-th step of the gamma's full schedule from its start (BO proxies: 2).
+        callback: called as callback(loop_step, latents) after every step (latents of all samples, not copied).
     """
     n = len(images)
-    if not (len(classes) == len(seeds) == n):
-        raise ValueError(f"{n} images but {len(classes)} classes and {len(seeds)} seeds")
+    probe = backend.make_scheduler(scheduler)
+    check_inputs(images, classes, seeds, steps, stride, eta, probe)
     dev = backend.device
     beta = torch.as_tensor(betas, dtype=torch.float32).expand(n).to(dev)
     gamma = torch.as_tensor(gammas, dtype=torch.float64).expand(n)
     group = torch.zeros(n, dtype=torch.long) if groups is None else torch.as_tensor(groups).expand(n)
 
-    base = backend.make_scheduler(scheduler)
-    base.set_timesteps(steps, device=dev)
-    timesteps, order = base.timesteps, base.order
-    step_kwargs = {}
-    if eta > 0:
-        if "variance_noise" not in inspect.signature(base.step).parameters:
-            raise ValueError(f"eta > 0 needs a scheduler that takes per-sample variance_noise (DDIMScheduler), "
-                             f"not {scheduler}")
-        step_kwargs["eta"] = eta
-    starts = np.array([start_index(steps, float(g)) * order for g in gamma])
-    if (starts >= len(timesteps)).any():
-        raise ValueError(f"gamma {float(gamma.min())} with {steps} steps runs no denoising step")
-
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     x0 = backend.encode(images)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(dev, x0.dtype)
-    cond = backend.condition(list(classes))
-    null = backend.null_condition(n)
+    cohorts, z = prepare_cohorts(backend, x0, noise, gamma, steps, scheduler, stride, eta)
+    cond, null = backend.condition(list(classes)), backend.null_condition(n)
 
-    cohorts = []
-    z = torch.empty_like(x0)
-    for s in sorted(set(starts.tolist())):
-        idx = torch.from_numpy(np.flatnonzero(starts == s)).to(dev)
-        sch = copy.deepcopy(base)
-        if hasattr(sch, "set_begin_index"):
-            sch.set_begin_index(s)
-        z[idx] = sch.add_noise(x0[idx], noise[idx], timesteps[s:s + 1].repeat(len(idx)))
-        cohorts.append((s, idx, sch))
-
-    for k in range(int(starts.min()), len(timesteps)):
-        t = timesteps[k]
-        active = [(idx, sch) for s, idx, sch in cohorts if s <= k]
-        idx = torch.cat([i for i, _ in active])
-        x_in = torch.cat([sch.scale_model_input(z[i], t) for i, sch in active])
-        eps_c, eps_u = backend.predict_noise(
-            torch.cat([x_in, x_in]), t, torch.cat([cond[idx], null[idx]])).chunk(2)
-        eps = guided_noise(eps_c, eps_u, beta[idx]).to(z.dtype)
-        if repulsion_weight > 0:
-            eps = eps + repulsion_weight * grouped_repulsion(z[idx], group[idx.cpu()], bandwidth).to(eps.dtype)
-        offset = 0
-        for i, sch in active:
-            kw = dict(step_kwargs)
-            if eta > 0:
-                kw["variance_noise"] = torch.stack(
-                    [torch.randn(z.shape[1:], generator=generators[j]) for j in i.tolist()]).to(dev, z.dtype)
-            z[i] = sch.step(eps[offset:offset + len(i)], t, z[i], **kw).prev_sample
-            offset += len(i)
-
-    out = torch.cat([backend.decode(z[i:i + decode_batch]) for i in range(0, n, decode_batch)])
-    return SampleResult(out.cpu(), z.float().cpu())
+    length = max(len(c.timesteps) for c in cohorts)
+    for k in range(length):
+        active = [(c, k - c.joins_at(length)) for c in cohorts if k >= c.joins_at(length)]
+        z = denoise_step(backend, z, active, cond, null, beta, group, repulsion_weight, bandwidth, eta, generators)
+        if callback is not None:
+            callback(k, z)
+    return SampleResult(decode(backend, z, decode_batch), z.float().cpu())

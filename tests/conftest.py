@@ -113,3 +113,39 @@ def app_url(tiny_unet_dir, tiny_teacher_dir):
         demo.close()
         for folder in set(glob.glob(APP_SESSION_DIRS)) - before:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory):
+    """A 1000-class DiT with random weights in diffusers' layout (16 px images), as `demo.random_dit` writes it."""
+    from adaptive_dd.demo.random_dit import build_random_dit
+
+    return build_random_dit(tmp_path_factory.mktemp("tiny_dit") / "dit", num_classes=1000)
+
+
+@pytest.fixture(scope="session")
+def resnet18_checkpoint(tmp_path_factory):
+    """A random timm resnet18 with ImageNet's 1000 outputs, saved as safetensors (as `--teacher resnet18:CKPT`)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("resnet18") / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def wnid_folder(tmp_path_factory):
+    """An ImageFolder with two ImageNet class folders (tench, English springer), train/ and test/, 16 px RGB."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("wnids") / "subset"
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 3), ("test", 4)):
+        for wnid in ("n01440764", "n02102040"):
+            (root / split / wnid).mkdir(parents=True)
+            for k in range(n):
+                pixels = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / wnid / f"{k}.png")
+    return root

@@ -146,7 +146,7 @@ def test_upload_needs_an_explicit_class_and_stop_says_so(page: Page, tmp_path):
     expect(class_picker).to_be_hidden()  # the dataset's class picker is not the uploads' class
     upload_class = page.get_by_label("class of the uploaded images (required)")
     expect(upload_class).to_have_value("")
-    expect(page.get_by_text("only the backbone's classes can be generated: 0, 1, 2")).to_be_visible()
+    expect(page.get_by_text("only what the backbone can generate: one of the backbone's classes: 0, 1, 2")).to_be_visible()
     path = tmp_path / "seven.png"
     Image.new("L", (8, 8), 200).save(path)
     page.locator("input[type=file]").set_input_files(str(path))
@@ -156,7 +156,7 @@ def test_upload_needs_an_explicit_class_and_stop_says_so(page: Page, tmp_path):
     assert box["width"] <= 200  # one upload does not fill the gallery's width
     _small_settings(page)
     page.get_by_role("button", name="Run BO").click()
-    expect(page.get_by_text("choose the class of the uploaded images (one of 0, 1, 2")).to_be_visible()
+    expect(page.get_by_text("choose the class of the uploaded images (one of the backbone's classes: 0, 1")).to_be_visible()
     expect(page.locator("#bo-heatmap .gtitle")).to_have_count(0)  # nothing ran
 
     upload_class.click()

@@ -80,3 +80,51 @@ def test_best_is_the_best_observed_point_and_repeats_are_refused():
     assert bo.best.f == -0.25 and bo.posterior().mean.shape == (1, 1)
     with pytest.raises(ValueError, match="already evaluated"):
         bo.tell([p], [0.0])
+
+
+RIDGE_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+RIDGE_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def ridge(b, g):
+    """f = -KL shaped like the bundled default's: a steep ramp in gamma (KL 0.007 to 2.5) and a faint ridge in beta
+    (<= 0.03, under the GP's noise floor in f's own units) whose top, beta 1.5, is on the low-gamma edge."""
+    return -(0.007 + 2.5 * ((g - 0.3) / 0.6) ** 1.5 + 0.03 * (1 - np.exp(-((b - 1.5) / 0.6) ** 2)))
+
+
+def test_warped_gp_finds_the_faint_beta_ridge_on_the_grid_edge():
+    hits = 0
+    for s in range(10):
+        bo = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, seed=s, warp="neglog")
+        while len(bo.observations) < 8:
+            points = bo.ask(1)
+            bo.tell(points, [ridge(RIDGE_BETAS[i], RIDGE_GAMMAS[j]) for i, j in points])
+        hits += (bo.best.beta, bo.best.gamma) == (1.5, 0.3)
+    assert hits >= 9, hits
+
+
+def test_initial_design_reaches_both_ends_of_both_axes():
+    bo = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, n_initial=4, seed=0)
+    points = bo.ask(4)
+    assert {i for i, _ in points} >= {0, 6} and {j for _, j in points} >= {0, 6}
+    assert len(set(points)) == 4
+
+
+def test_posterior_is_reported_in_f_units_through_the_warp():
+    from adaptive_dd.bo import unwarp, warp
+
+    f = np.array([-2.5, -0.3, -0.01, 0.0])
+    np.testing.assert_allclose(unwarp(warp(f, "neglog"), "neglog"), f, atol=1e-12)
+    bo = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, seed=1, warp="neglog")
+    while len(bo.observations) < 6:
+        points = bo.ask(1)
+        bo.tell(points, [ridge(RIDGE_BETAS[i], RIDGE_GAMMAS[j]) for i, j in points])
+    post = bo.posterior()
+    for o in bo.observations:  # the posterior median passes through the observations, in f's units
+        assert post.mean[o.index] == pytest.approx(o.f, rel=0.2, abs=2e-3)
+    assert (post.mean <= 0).all() and (post.ucb >= post.mean).all() and (post.std >= 0).all()
+
+
+def test_unknown_warp_is_refused():
+    with pytest.raises(ValueError, match="unknown warp 'log2'"):
+        GridBO([1.0], [0.5], warp="log2")

@@ -57,7 +57,10 @@ def _fail(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> str
     (["--m-seed", "0"], "m_seed must be >= 1, got 0"),
     (["--classes", ""], "the class list is empty"),
     (["--classes", " , "], "the class list is empty"),
-    (["--steps", "2"], "gamma 0.3 with 1 proxy steps runs no denoising step"),
+    (["--steps", "3"], "gamma 0.3 with 3 steps runs no denoising step"),
+    (["--steps", "50", "--proxy-steps", "20"], "proxy_steps must divide steps (50)"),
+    (["--temperature", "0"], "objective temperature must be a positive number, got 0.0"),
+    (["--novelty-weight", "-1", "--objective", "kl_novelty"], "novelty weight must be >= 0, got -1.0"),
 ])
 def test_config_errors(args: list[str], needle: str, tmp_path: Path, capsys) -> None:
     assert needle in _fail(args, tmp_path, capsys)

@@ -13,6 +13,7 @@ from PIL import Image
 from adaptive_dd.data import (
     BUILTIN_DATASETS,
     TEST_FRACTION,
+    VAL_FRACTION,
     DataError,
     _builtin_arrays,
     load_dataset,
@@ -20,6 +21,7 @@ from adaptive_dd.data import (
     open_image,
     split_path,
     stratified_split,
+    train_val_test,
 )
 
 
@@ -47,11 +49,14 @@ def uci() -> tuple[np.ndarray, np.ndarray]:
 def test_stored_split_is_the_regenerated_stratified_split(name: str) -> None:
     _, y = _builtin_arrays(name)
     stored = json.loads(split_path(name).read_text())
-    train, test = stratified_split(y)
-    assert stored["train"] == train and stored["test"] == test
-    assert not set(train) & set(test)
-    assert sorted(train + test) == list(range(len(y)))
+    train, val, test = train_val_test(y)
+    assert stored["train"] == train and stored["val"] == val and stored["test"] == test
+    assert stored["test"] == stratified_split(y)[1]  # carving val out of train left test as it was
+    assert not set(train) & set(test) and not set(val) & set(test) and not set(train) & set(val)
+    assert sorted(train + val + test) == list(range(len(y)))
     for c in np.unique(y):
+        n_val = int((y[val] == c).sum())
+        assert abs(n_val - VAL_FRACTION * (1 - TEST_FRACTION) * (y == c).sum()) <= 1.5, f"class {c}: {n_val} in val"
         n, n_test = int((y == c).sum()), int((y[test] == c).sum())
         assert 0 < n_test < n, f"class {c} missing from one side of the split"
         assert abs(n_test - TEST_FRACTION * n) <= 1, f"class {c}: {n_test} of {n} in test"
@@ -75,13 +80,14 @@ def test_builtin_train_split_holds_only_train_images(uci) -> None:
     np.testing.assert_array_equal(ds.labels, y[idx])
     np.testing.assert_array_equal(np.asarray(ds.images[5]), x[idx[5]])
     assert ds.classes == [str(i) for i in range(10)]
-    test_ids = set(load_dataset("uci-digits", "test").ids)
-    assert not test_ids & set(ds.ids) and len(test_ids) + len(ds) == len(y)
+    test_ids, val_ids = set(load_dataset("uci-digits", "test").ids), set(load_dataset("uci-digits", "val").ids)
+    assert not test_ids & set(ds.ids) and not val_ids & set(ds.ids)
+    assert len(test_ids) + len(val_ids) + len(ds) == len(y)
 
 
 def test_builtin_unknown_split() -> None:
-    with pytest.raises(DataError, match="val"):
-        load_dataset("uci-digits", "val")
+    with pytest.raises(DataError, match="unknown split 'dev'; use train, val, test or all"):
+        load_dataset("uci-digits", "dev")
 
 
 def test_tensor_shape_range_and_values(uci) -> None:
@@ -106,8 +112,9 @@ def test_truncated_png(tmp_path: Path) -> None:
     data = full.read_bytes()
     bad = root / "a" / "cut.png"
     bad.write_bytes(data[: len(data) // 2])
+    ds = load_image_folder(root)  # indexing decodes nothing: the bad file is reported when it is read
     with pytest.raises(DataError, match="cut.png.*truncated"):
-        load_image_folder(root)
+        ds.tensor(range(len(ds)), 8, 1)
 
 
 @pytest.mark.parametrize("name,content", [("zero.png", b""), ("text.png", b"not a picture\n"),
@@ -115,8 +122,9 @@ def test_truncated_png(tmp_path: Path) -> None:
 def test_non_image_files(tmp_path: Path, name: str, content: bytes) -> None:
     root = _folder(tmp_path / "d", {"a": 1})
     (root / "a" / name).write_bytes(content)
+    ds = load_image_folder(root)
     with pytest.raises(DataError, match=rf"{name}: not an image file"):
-        load_image_folder(root)
+        ds.images[ds.ids.index(f"a/{name}")]
 
 
 def test_empty_class_folder(tmp_path: Path) -> None:
@@ -285,6 +293,14 @@ def test_train_and_test_subfolders(tmp_path: Path) -> None:
     assert len(test) == 2 and all(i.startswith("test/") for i in test.ids)
     assert train.classes == test.classes == ["a", "b"]
     assert train.labels.tolist() == [0, 0, 0, 1, 1] and test.labels.tolist() == [0, 1]
+
+
+def test_val_folder_stands_in_for_a_missing_test_folder(tmp_path: Path) -> None:
+    root = tmp_path / "nette"
+    _folder(root / "train", {"a": 2})
+    _folder(root / "val", {"a": 1})
+    test = load_dataset(str(root), "test")
+    assert len(test) == 1 and test.ids == ["val/a/0.png"]
 
 
 def test_missing_split_folders(tmp_path: Path) -> None:

@@ -199,3 +199,25 @@ def test_regenerate_is_the_final_pass_and_the_summary_is_typed(distiller):
     assert distiller.n_batches() == 6 and distiller.n_batches(["0"]) == 2  # 5 images in batches of 3
     plan, wrapped = seed_plan(distiller.dataset, "1", 5, 3, 7)
     assert [list(b) for b in plan] == [list(b) for b in distiller.seed_plan("1")[0]] and not wrapped
+
+
+@pytest.mark.parametrize("objective", ["kl", "confidence", "kl_novelty"])
+def test_final_images_are_made_at_the_best_observed_point_of_the_objective(tiny_backend, tiny_teacher, objective):
+    """BO over a real grid: the batch is regenerated at the OBSERVED argmax of the configured objective (not the
+    GP's), f_final is that objective on the final images, and the final images equal a direct full-sampler call."""
+    from adaptive_dd.sampler import noise_seed
+
+    cfg = _config(classes=["6"], ipc=3, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=5,
+                                                     objective=objective))
+    dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+    events = list(dist.run())
+    done = next(e for e in events if isinstance(e, BatchDone))
+    best = max(done.observations, key=lambda o: o.f)
+    assert (done.beta, done.gamma, done.f_proxy) == (best.beta, best.gamma, best.f)
+    assert len({(o.beta, o.gamma) for o in done.observations}) == 5
+    seeds = [noise_seed(cfg.seed, 6, k) for k in done.slots]
+    same = dist.generate(done.seed_images, "6", best.beta, best.gamma, seeds, proxy=False)
+    torch.testing.assert_close(done.images, same.images, rtol=0, atol=0)
+    view = tiny_teacher.embed(done.seed_images)
+    assert done.f_final == pytest.approx(dist.objective(view, tiny_teacher.embed(done.images), 6), abs=1e-6)
+    assert dist.describe()["objective"] == objective

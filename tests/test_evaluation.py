@@ -136,3 +136,27 @@ def test_cli_evaluate(tiny_backend, tiny_teacher, tiny_teacher_dir, exported, tm
     assert rc == 2 and "class order differs" in capsys.readouterr().err
     rc = main(["evaluate", "--distilled", str(out), "--data", "uci-digits", "--archs", "nope"])
     assert rc == 2 and "unknown student" in capsys.readouterr().err
+
+
+def test_rded_protocol_follows_rdeds_imagenet_subset_settings():
+    from adaptive_dd.evaluation.students import protocol, rded_protocol
+
+    cfg = rded_protocol(ipc=10, n_classes=10)
+    assert (cfg.archs, cfg.input_size, cfg.lr, cfg.weight_decay, cfg.temperature) == (("resnet18",), 224, 1e-3,
+                                                                                      0.01, 20.0)
+    assert cfg.epochs == 300 and cfg.batch_size == 50 and cfg.total_steps(100) == 300 * 2
+    assert cfg.crop_scale == (0.08, 1.0) and cfg.hflip and cfg.max_rotation == 0
+    assert rded_protocol(ipc=50, n_classes=10).batch_size == 100 and rded_protocol(50, 1000).batch_size == 200
+    assert protocol("digits", 10, 10) == StudentConfig() and StudentConfig().total_steps(1000) == 300
+    with pytest.raises(ValueError, match="unknown protocol 'nope'"):
+        protocol("nope", 1, 2)
+
+
+def test_flips_are_horizontal_mirrors_and_leave_unflipped_configs_alone():
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = StudentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), max_rotation=0.0, input_size=8)
+    out = augment(x, StudentConfig(**{**plain.__dict__, "hflip": True}), torch.Generator().manual_seed(1))
+    same = (out - x).abs().flatten(1).amax(1) < 1e-5
+    mirrored = (out - x.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert bool((same ^ mirrored).all()) and 16 < int(mirrored.sum()) < 48
+    torch.testing.assert_close(augment(x, plain, torch.Generator().manual_seed(1)), x, rtol=0, atol=1e-5)

@@ -68,3 +68,65 @@ def test_timm_name_with_local_checkpoint_loads_through_timm(tmp_path):
     torch.testing.assert_close(teacher.logits(x), expected)
     with pytest.raises(ModelLoadError, match="missing.safetensors is missing"):
         load_teacher(f"resnet10t:{tmp_path / 'missing.safetensors'}", num_classes=10)
+
+
+def _view(logits, feats):
+    from adaptive_dd.fidelity import Embedding
+
+    return Embedding(torch.tensor(logits, dtype=torch.float32), torch.tensor(feats, dtype=torch.float32))
+
+
+def test_objectives_match_hand_computations():
+    import math
+
+    from adaptive_dd.fidelity import Objective
+
+    seeds = _view([[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [3.0, 4.0]])
+    gen = _view([[1.0, 0.0], [0.0, 3.0]], [[0.6, 0.8], [3.0, 4.0]])
+
+    def kl(p, q, t):
+        ps = [math.exp(v / t) / sum(math.exp(u / t) for u in p) for v in p]
+        qs = [math.exp(v / t) / sum(math.exp(u / t) for u in q) for v in q]
+        return sum(a * math.log(a / b) for a, b in zip(ps, qs))
+
+    want_kl = -(kl([2, 0], [1, 0], 2.0) + kl([0, 1], [0, 3], 2.0)) / 2
+    assert Objective("kl", temperature=2.0)(seeds, gen, 1) == pytest.approx(want_kl, rel=1e-6)
+
+    def p1(row, t):
+        return math.exp(row[1] / t) / sum(math.exp(v / t) for v in row)
+
+    want_conf = (p1([1, 0], 20) + p1([0, 3], 20)) / 2 - (p1([2, 0], 20) + p1([0, 1], 20)) / 2
+    assert Objective("confidence")(seeds, gen, 1) == pytest.approx(want_conf, abs=1e-6)
+    # novelty: the seeds are 5 apart; image 0 moved 1 (0.2 spacings), image 1 did not move
+    want_nov = -(kl([2, 0], [1, 0], 1.0) + kl([0, 1], [0, 3], 1.0)) / 2 + 0.5 * (0.2 + 0.0) / 2
+    assert Objective("kl_novelty", novelty_weight=0.5)(seeds, gen, 1) == pytest.approx(want_nov, rel=1e-6)
+
+
+def test_kl_rewards_a_copy_and_kl_novelty_does_not():
+    from adaptive_dd.fidelity import Objective
+
+    seeds = _view([[3.0, 0.0, 0.0], [2.5, 0.5, 0.0]], [[0.0, 0.0], [4.0, 0.0]])
+    copy = seeds
+    edit = _view([[2.9, 0.1, 0.0], [2.4, 0.5, 0.1]], [[3.0, 0.0], [4.0, 4.0]])
+    assert Objective("kl")(seeds, copy, 0) == 0.0 > Objective("kl")(seeds, edit, 0)
+    assert Objective("kl_novelty")(seeds, edit, 0) > Objective("kl_novelty")(seeds, copy, 0) == 0.0
+    far = _view([[2.9, 0.1, 0.0], [2.4, 0.5, 0.1]], [[300.0, 0.0], [4.0, 400.0]])
+    assert Objective("kl_novelty")(seeds, far, 0) == pytest.approx(
+        Objective("kl")(seeds, far, 0) + 1.0)  # novelty is capped at one seed spacing
+
+
+@pytest.mark.parametrize("kw,match", [({"name": "mmd"}, "unknown objective 'mmd'"),
+                                      ({"temperature": -1.0}, "temperature must be a positive number"),
+                                      ({"novelty_weight": float("nan")}, "novelty weight must be >= 0")])
+def test_bad_objective_settings_are_named(kw, match):
+    from adaptive_dd.fidelity import Objective
+
+    with pytest.raises(ValueError, match=match):
+        Objective(**kw)
+
+
+def test_embed_gives_the_logits_and_features_of_one_pass(tiny_teacher):
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    view = tiny_teacher.embed(x)
+    torch.testing.assert_close(view.logits, tiny_teacher.logits(x))
+    torch.testing.assert_close(view.features, tiny_teacher.features(x))

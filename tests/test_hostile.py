@@ -113,7 +113,8 @@ def test_open_image_and_image_folder(name: str, tmp_path: Path) -> None:
     Image.new("L", (8, 8), 7).save(tmp_path / "data" / "a" / "good.png")
     want = HOSTILE[name][1]
     if isinstance(want, str):
-        for load in (lambda: open_image(path), lambda: load_image_folder(tmp_path / "data")):
+        # a folder is indexed without decoding: a bad image is refused, by name, when it is read
+        for load in (lambda: open_image(path), lambda: load_image_folder(tmp_path / "data").tensor([0, 1], 8, 1)):
             with pytest.raises(DataError) as e:
                 load()
             assert f"{name}: {want}" in str(e.value)

@@ -80,3 +80,132 @@ def test_different_seeds_give_different_images_and_seed_streams_are_distinct(tin
 def test_batch_wide_noise_schedulers_are_refused(tiny_backend):
     with pytest.raises(Exception, match="batch"):
         img2img(tiny_backend, _seeds_images(1), ["0"], 1.0, 0.5, [0], steps=4, scheduler="DDPMScheduler")
+
+
+GRID_GAMMAS = (0.05, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("steps", [50, 20, 12, 6])
+def test_proxy_starts_where_the_full_sampler_starts_and_takes_every_other_step(tiny_backend, scheduler, steps):
+    from adaptive_dd.sampler import prepare_cohorts
+
+    x0 = torch.zeros(len(GRID_GAMMAS), 1, 8, 8)
+    gamma = torch.tensor(GRID_GAMMAS, dtype=torch.float64)
+    gamma = gamma[[int(steps * g) >= 1 for g in GRID_GAMMAS]]
+    full, _ = prepare_cohorts(tiny_backend, x0[:len(gamma)], x0[:len(gamma)], gamma, steps, scheduler, 1, 0.0)
+    proxy, _ = prepare_cohorts(tiny_backend, x0[:len(gamma)], x0[:len(gamma)], gamma, steps, scheduler, 2, 0.0)
+    assert len(full) == len(proxy)
+    for f, p in zip(full, proxy):
+        assert torch.equal(f.idx, p.idx)
+        assert int(p.timesteps[0]) == int(f.timesteps[0])
+        assert torch.equal(p.timesteps, f.timesteps[::2])
+        assert torch.equal(p.scheduler.timesteps[-len(p.timesteps):].to(p.timesteps.dtype), p.timesteps)
+
+
+def _ddim_by_hand(backend, images, name, beta, timesteps, seeds, clip: bool):
+    """DDIM (eta 0) over an explicit list of timesteps, written out from the formula, clipping x0 when asked."""
+    sch = backend.make_scheduler()
+    a = sch.alphas_cumprod.double()
+    x0 = backend.encode(images).double()
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+    t0 = int(timesteps[0])
+    z = a[t0].sqrt() * x0 + (1 - a[t0]).sqrt() * noise.double()
+    cond, null = backend.condition([name] * len(x0)), backend.null_condition(len(x0))
+    with torch.no_grad():
+        for k, t in enumerate(timesteps):
+            zin = z.float()
+            eps_c, eps_u = backend.predict_noise(torch.cat([zin, zin]), t, torch.cat([cond, null])).chunk(2)
+            eps = (eps_u + beta * (eps_c - eps_u)).double()
+            a_t = a[int(t)]
+            a_n = a[int(timesteps[k + 1])] if k + 1 < len(timesteps) else torch.tensor(1.0, dtype=torch.float64)
+            pred = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            if clip:
+                pred = pred.clamp(-1, 1)
+            z = a_n.sqrt() * pred + (1 - a_n).sqrt() * eps
+    return backend.decode(z.float())
+
+
+@pytest.mark.parametrize("steps,gamma", [(20, 0.3), (20, 0.55), (12, 0.5), (6, 1.0)])
+def test_proxy_equals_ddim_by_hand_on_every_other_step_of_the_final_schedule(tiny_backend, steps, gamma):
+    images, seeds = _seeds_images(3, seed=5), [3, 4, 5]
+    full = tiny_backend.make_scheduler()
+    full.set_timesteps(steps)
+    wanted = full.timesteps[start_index(steps, gamma)::2]
+    ref = _ddim_by_hand(tiny_backend, images, "2", 1.5, wanted, seeds, clip=True)
+    proxy = img2img(tiny_backend, images, ["2"] * 3, 1.5, gamma, seeds, steps=steps, stride=2)
+    torch.testing.assert_close(proxy.images, ref, rtol=0, atol=1e-5)
+
+
+def test_distiller_proxy_runs_half_the_unet_calls_of_the_final_pass(tiny_backend, tiny_teacher, monkeypatch):
+    from adaptive_dd.config import BOConfig, DistillConfig, SamplerConfig
+    from adaptive_dd.distill import Distiller
+
+    dist = Distiller(DistillConfig(classes=["1"], ipc=2, m_seed=2, sampler=SamplerConfig(steps=20),
+                                   bo=BOConfig(betas=(1.0,), gammas=(0.7,))), backend=tiny_backend,
+                     teacher=tiny_teacher)
+    calls = []
+    real = tiny_backend.predict_noise
+    monkeypatch.setattr(tiny_backend, "predict_noise", lambda *a: calls.append(1) or real(*a))
+    images = _seeds_images(2)
+    dist.generate(images, "1", 1.0, 0.7, [1, 2], proxy=True)
+    n_proxy = len(calls)
+    dist.generate(images, "1", 1.0, 0.7, [1, 2], proxy=False)
+    assert (n_proxy, len(calls) - n_proxy) == (7, 14)
+
+
+def _bundled_seeds(class_name: str, n: int):
+    from adaptive_dd.data import load_dataset
+
+    data = load_dataset("uci-digits", "train")
+    idx = data.indices_of(data.class_index(class_name))[:n]
+    return data, idx
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_repulsion_displacement_points_away_from_group_mates_at_every_step(clip):
+    """Bundled backbone with its real scheduler (clip_sample on) and with clipping off: at every step, the latents
+    with repulsion minus those without, from the same state, equal d(z')/d(eps) * lambda * g (eq. 6 through an
+    unclipped DDIM step) and have a positive projection on the repulsive direction -g of every sample."""
+    from adaptive_dd.backends import create_backend
+    from adaptive_dd.repulsion import grouped_repulsion
+    from adaptive_dd.sampler import denoise_step, prepare_cohorts
+
+    backend = create_backend("bundled")
+    assert backend.scheduler_config["clip_sample"] is True
+    if not clip:
+        backend.scheduler_config = {**backend.scheduler_config, "clip_sample": False}
+    data, idx = _bundled_seeds("3", 6)
+    x0 = backend.encode(data.tensor(idx, backend.image_size, backend.channels))
+    gens = [torch.Generator().manual_seed(s) for s in range(6)]
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
+    gamma = torch.full((6,), 0.5, dtype=torch.float64)
+    cohorts, z = prepare_cohorts(backend, x0, noise, gamma, 50, "DDIMScheduler", 1, 0.0)
+    (cohort,) = cohorts
+    cond, null = backend.condition(["3"] * 6), backend.null_condition(6)
+    beta, group, lam = torch.full((6,), 2.0), torch.zeros(6, dtype=torch.long), 10 * backend.default_lambda
+    with torch.no_grad():
+        for k in range(len(cohort.timesteps)):
+            state = __import__("copy").deepcopy(cohort.scheduler)
+            plain = denoise_step(backend, z, [(cohort, k)], cond, null, beta, group, 0.0, "auto", 0.0, gens)
+            cohort.scheduler = state
+            pushed = denoise_step(backend, z, [(cohort, k)], cond, null, beta, group, lam, "auto", 0.0, gens)
+            g = grouped_repulsion(z, group, "auto")
+            move = (pushed - plain).flatten(1)
+            assert ((move * -g.flatten(1)).sum(1) > 0).all(), k
+            torch.testing.assert_close(pushed - plain, cohort.eps_to_latent[k] * lam * g, rtol=1e-4, atol=1e-6)
+            z = pushed
+
+
+def test_within_class_distance_grows_with_lambda_under_the_bundled_scheduler():
+    """End to end on the bundled backbone and scheduler (clip_sample on), 10 seeds of one class."""
+    from adaptive_dd.backends import create_backend
+
+    backend = create_backend("bundled")
+    data, idx = _bundled_seeds("5", 10)
+    images = data.tensor(idx, backend.image_size, backend.channels)
+    lam = backend.default_lambda
+    d = [mean_pairwise_distance(img2img(backend, images, ["5"] * 10, 2.0, 0.5, list(range(10)), steps=50,
+                                        repulsion_weight=w).images) for w in (0.0, lam, 3 * lam, 10 * lam)]
+    assert d[0] < d[1] < d[2] < d[3], d
+    assert d[3] >= 1.25 * d[0], d

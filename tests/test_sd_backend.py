@@ -25,6 +25,8 @@ def test_stable_diffusion_backend_runs_the_sampler_end_to_end(tiny_sd_dir):
     # prompts differ per class: the condition embeddings differ, the null (negative prompt) one is shared
     c = backend.condition(["tench", "goldfish"])
     assert not torch.allclose(c[0], c[1]) and backend.null_condition(2).shape == c.shape
+    # an ImageNet class folder named by its WordNet id prompts with the readable name
+    torch.testing.assert_close(backend.condition(["n01440764"]), c[:1], rtol=0, atol=0)
     alone = img2img(backend, seeds[:1], ["tench"], 2.0, 0.5, [1], steps=6)
     pair = img2img(backend, seeds[:2], ["tench", "goldfish"], [2.0, 5.0], [0.5, 0.8], [1, 2], steps=6)
     torch.testing.assert_close(pair.images[:1], alone.images, rtol=0, atol=1e-4)
@@ -37,3 +39,26 @@ def test_a_directory_that_is_no_model_is_refused(tmp_path):
     (tmp_path / "random.txt").write_text("x")
     with pytest.raises(ModelLoadError, match="neither"):
         create_backend(str(tmp_path))
+
+
+@pytest.mark.parametrize("beta,gamma,steps", [(1.0, 0.5, 20), (3.0, 0.7, 30), (7.5, 0.3, 50)])
+def test_lambda_zero_equals_diffusers_img2img_pipeline(tiny_sd_dir, beta, gamma, steps):
+    """A reference outside our code: diffusers' StableDiffusionImg2ImgPipeline, given the same latents as `image`
+    (4 channels are taken as latents), prompts, per-sample generators and eta 0, matches our sampler at lambda 0."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from adaptive_dd.backends import create_backend
+    from adaptive_dd.sampler import img2img
+
+    backend = create_backend(str(tiny_sd_dir), prompt="a photo of a {name}", negative_prompt="cartoon")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    seeds = [5, 9]
+    ours = img2img(backend, images, ["tench", "tench"], beta, gamma, seeds, steps=steps)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(tiny_sd_dir), safety_checker=None,
+                                                          requires_safety_checker=False, local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(backend.scheduler_config)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(["a photo of a tench"] * 2, image=backend.encode(images), strength=gamma, guidance_scale=beta,
+               num_inference_steps=steps, negative_prompt=["cartoon"] * 2, eta=0.0, output_type="pt",
+               generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    torch.testing.assert_close(ours.images, ref.float(), rtol=0, atol=2e-5)
