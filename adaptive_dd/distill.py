@@ -141,7 +141,8 @@ class Regenerated:
     diversity: float  # mean pairwise latent distance
 
 
-def seed_plan(dataset: ImageDataset, class_name: str, ipc: int, m_seed: int, seed: int) -> tuple[list[np.ndarray], bool]:
+def seed_plan(dataset: ImageDataset, class_name: str, ipc: int, m_seed: int,
+              seed: int) -> tuple[list[np.ndarray], bool]:
     """Dataset indices of the seeds for each mini-batch, drawn without replacement; wraps (with a new
     permutation) only when the class has fewer images than IPC. Seeded per (seed, class) only, so a class's plan
     does not depend on which other classes run."""
@@ -201,7 +202,8 @@ class Distiller:
     def n_batches(self, classes: list[str] | None = None, progress: Progress | None = None) -> int:
         """Mini-batches left to run over classes (default: all configured), not counting those progress holds."""
         done = progress.batches if progress else {}
-        return sum(len(self.seed_plan(c)[0]) - len(done.get(c, {})) for c in (self.classes if classes is None else classes))
+        classes = self.classes if classes is None else classes
+        return sum(len(self.seed_plan(c)[0]) - len(done.get(c, {})) for c in classes)
 
     def noise_seeds(self, class_name: str, slots: list[int]) -> list[int]:
         """The noise generator seed of each output slot of a class: what makes a slot's image reproducible."""
@@ -276,7 +278,7 @@ class Distiller:
                         gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
                         t1 - t0, t2 - t1)
 
-    def distill_class(self, class_name: str, finished: dict[int, dict] | None = None) -> Iterator[Event]:
+    def distill_class(self, class_name: str, finished: dict[int, BatchSummary] | None = None) -> Iterator[Event]:
         """All mini-batches of one class; those in finished (batch index -> summary) are not run again."""
         plan, wrapped = self.seed_plan(class_name)
         c = self.dataset.class_index(class_name)

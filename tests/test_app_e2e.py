@@ -98,7 +98,8 @@ def test_explore_then_distill_and_download_in_the_browser(page: Page, tmp_path):
     expect(title).to_contain_text(f"{BUDGET}/{BUDGET} evaluations")
     expect(page.get_by_text("f_final")).to_be_visible()  # the readout of BatchDone: the final batch is drawn
     ranges = page.evaluate("() => { window.__watch.disconnect(); return window.__ranges; }")
-    assert len(ranges) >= 2 and {(r["zmin"], r["zmax"]) for r in ranges} == {(-3, 0)}, ranges
+    # Every frame the page drew (a fast run may draw only the last; test_app checks every streamed frame).
+    assert ranges and {(r["zmin"], r["zmax"]) for r in ranges} == {(-3, 0)}, ranges
     final = _gallery(page, "final (β*, γ*, repulsion)")
     expect(final.locator("img")).to_have_count(4)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -146,7 +147,8 @@ def test_upload_needs_an_explicit_class_and_stop_says_so(page: Page, tmp_path):
     expect(class_picker).to_be_hidden()  # the dataset's class picker is not the uploads' class
     upload_class = page.get_by_label("class of the uploaded images (required)")
     expect(upload_class).to_have_value("")
-    expect(page.get_by_text("only what the backbone can generate: one of the backbone's classes: 0, 1, 2")).to_be_visible()
+    expect(page.get_by_text("only what the backbone can generate: one of the backbone's classes: 0, 1, 2")) \
+        .to_be_visible()
     path = tmp_path / "seven.png"
     Image.new("L", (8, 8), 200).save(path)
     page.locator("input[type=file]").set_input_files(str(path))
@@ -156,7 +158,8 @@ def test_upload_needs_an_explicit_class_and_stop_says_so(page: Page, tmp_path):
     assert box["width"] <= 200  # one upload does not fill the gallery's width
     _small_settings(page)
     page.get_by_role("button", name="Run BO").click()
-    expect(page.get_by_text("choose the class of the uploaded images (one of the backbone's classes: 0, 1")).to_be_visible()
+    expect(page.get_by_text("choose the class of the uploaded images (one of the backbone's classes: 0, 1")) \
+        .to_be_visible()
     expect(page.locator("#bo-heatmap .gtitle")).to_have_count(0)  # nothing ran
 
     upload_class.click()
