@@ -6,7 +6,7 @@
 Every option can also be set by an environment variable, ADAPTIVE_DD_<OPTION> (ADAPTIVE_DD_DATA,
 ADAPTIVE_DD_MODEL, ADAPTIVE_DD_TEACHER, ...), so a Space is configured in its settings; the command line wins.
 
-Layout and event wiring only: the per-session logic and model loading live in adaptive_dd/app_state.py, which
+Layout and event wiring only: the event handlers and model loading live in adaptive_dd/app_handlers.py, which
 consumes the engine's event stream. Models load once, before the server starts.
 """
 from __future__ import annotations
@@ -20,12 +20,22 @@ for _key, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from adaptive_dd import app_state as S  # noqa: E402  (imports `spaces` before torch)
+from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
 from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}  # every heavy event waits in this one queue
+GUIDE = ("**1.** Pick a class and its seed images (or upload images and choose their class) → "
+         "**2.** Run BO and watch the posterior of the fidelity f fill in → "
+         "**3.** Tweak λ / bandwidth under the final images, or distill the whole dataset and export it.")
+# Galleries wrap instead of clipping on narrow screens, and a few images do not stretch to the column's width.
+CSS = """
+.wrap-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important;
+                                grid-auto-rows: auto !important; }
+.wrap-gallery .grid-container .thumbnail-item { width: 100%; aspect-ratio: 1 / 1; }
+"""
+LAUNCH = {"max_file_size": S.MAX_FILE_SIZE, "css": CSS}  # launch() settings besides host and port
 
 # Gradio's Plot has no click event: this script forwards a click on the heatmap as "beta,gamma,nonce" to a
 # hidden textbox, whose change event does the rest. Rebinds when the plot is re-created.
@@ -47,121 +57,147 @@ HEATMAP_CLICK_JS = """
 """
 
 
-def settings_block(d: dict, bandwidth_max: float = 100.0) -> list[gr.components.Component]:
-    """Sampler, BO and repulsion controls in app_state.Settings order; the rarely changed ones folded away."""
+def settings_controls(d: S.Settings) -> dict[str, gr.components.Component]:
+    """The grid, budget and steps, then Advanced settings; keyed by S.Settings field names."""
     with gr.Group():
-        betas = gr.Textbox(d["betas"], label="β grid (CFG scale)")
-        gammas = gr.Textbox(d["gammas"], label="γ grid (img2img strength, in (0, 1])")
+        betas = gr.Textbox(d.betas, label="β grid (CFG scale)")
+        gammas = gr.Textbox(d.gammas, label="γ grid (img2img strength, in (0, 1])")
         with gr.Row():
-            budget = gr.Slider(1, 49, value=d["budget"], step=1, label="BO budget")
-            steps = gr.Slider(2, 100, value=d["steps"], step=1, label="steps (proxies use half)")
-        lam = gr.Slider(0.0, d["lam_max"], value=d["lam"], label="λ (repulsion weight)")
-    with gr.Accordion("Advanced", open=False):
-        with gr.Row():
-            q = gr.Slider(1, 4, value=d["q"], step=1, label="q (proposals per BO round)")
-            kappa = gr.Slider(0.0, 5.0, value=d["kappa"], step=0.1, label="κ (UCB exploration)")
-        with gr.Row():
-            auto_bw = gr.Checkbox(True, label="auto bandwidth (median heuristic)")
-            bandwidth = gr.Slider(0.1, bandwidth_max, value=1.0, step=0.1, label="bandwidth σ (when not auto)")
-        seed = gr.Number(d["seed"], precision=0, label="seed")
-    return [betas, gammas, budget, q, kappa, steps, lam, auto_bw, bandwidth, seed]
+            n = S.grid_size(d.betas, d.gammas) or 2
+            budget = gr.Slider(1, max(n, 2), value=min(d.budget, n), step=1, label="BO budget",
+                               info="at most the grid's size")
+            steps = gr.Slider(2, 100, value=d.steps, step=1, label="steps (proxies use half)")
+    for grid in (betas, gammas):
+        grid.change(S.budget_bounds, [betas, gammas, budget], budget, api_visibility="private")
+    return {"betas": betas, "gammas": gammas, "budget": budget, "steps": steps, **advanced_settings(d)}
 
 
-def build_demo(m: S.Models) -> gr.Blocks:
+def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
+    """The rarely changed engine settings, folded away; a new one is a control here and a field of S.Settings."""
+    with gr.Accordion("Advanced settings", open=False):
+        with gr.Row():
+            q = gr.Slider(1, 4, value=d.q, step=1, label="q (proposals per BO round)")
+            kappa = gr.Slider(0.0, 5.0, value=d.kappa, step=0.1, label="κ (UCB exploration)")
+        seed = gr.Number(d.seed, precision=0, label="seed")
+    return {"q": q, "kappa": kappa, "seed": seed}
+
+
+def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:
+    """λ and the bandwidth: in Explore they sit under the final gallery they redraw."""
+    with gr.Group():
+        with gr.Row():
+            lam = gr.Slider(0.0, S.lambda_max(), value=d.lam, label="λ (repulsion weight)")
+            bandwidth = gr.Slider(0.1, bandwidth_max, value=d.bandwidth, step=0.1,
+                                  label="bandwidth σ (when not auto)")
+        auto_bw = gr.Checkbox(d.auto_bandwidth, label="auto bandwidth (median heuristic)")
+    return {"lam": lam, "auto_bandwidth": auto_bw, "bandwidth": bandwidth}
+
+
+def image_gallery(label: str, height: int | str = "fit-content", **kw) -> gr.Gallery:
+    """A PNG gallery (never webp: exports are built from the engine, but users compare pixels) whose cells wrap
+    on narrow screens and keep their size when there are only a few (CSS above)."""
+    return gr.Gallery(label=label, format="png", height=height, columns=5, fit_columns=False,
+                      elem_classes="wrap-gallery", **kw)
+
+
+def build_demo(m: S.Models, delete_cache: tuple[int, int] = S.DELETE_CACHE) -> gr.Blocks:
     d = S.default_settings()
     datasets = [name for name in m.sources if name in m.teachers]
     default = "uci-digits" if "uci-digits" in datasets else datasets[0]
     classes = m.class_choices(default)
-    with gr.Blocks(title="adaptive_dd") as demo:
+    upload_classes = m.upload_classes()
+    with gr.Blocks(title="adaptive_dd", delete_cache=delete_cache) as demo:
         gr.Markdown("# adaptive_dd\nTraining-free dataset distillation: GP-UCB over CFG scale β × img2img "
                     "strength γ scored by the teacher's fidelity f = −KL, then a full regeneration with repulsion.")
+        gr.Markdown(GUIDE, elem_id="guide")
         with gr.Accordion("Models", open=False):
             gr.Markdown(m.describe())
 
         with gr.Tab("Explore"):
             st = gr.State(None)
             with gr.Row():
-                with gr.Column(scale=1):
-                    data = gr.Dropdown(datasets, value=default, label="dataset")
+                with gr.Column(scale=1, min_width=300):
+                    with gr.Row():
+                        data = gr.Dropdown(datasets, value=default, label="dataset")
+                        source = gr.Radio(["dataset", "upload"], value="dataset", label="seed images from")
                     class_name = gr.Dropdown(classes, value=classes[0], label="class")
-                    source = gr.Radio(["dataset", "upload"], value="dataset", label="seed images from")
                     with gr.Group(visible=True) as dataset_group:
-                        m_seed = gr.Slider(2, 32, value=10, step=1, label="m_seed (seed images)")
-                        selected = gr.Dropdown([], value=[], multiselect=True,
+                        m_seed = gr.Slider(2, S.M_SEED_MAX, value=10, step=1, label="m_seed (seed images)")
+                        selected = gr.Dropdown([], value=[], multiselect=True, max_choices=S.M_SEED_MAX,
                                                label="selected seeds (click images; empty = random m_seed)")
                         random_btn = gr.Button("Random m_seed", size="sm")
                     with gr.Group(visible=False) as upload_group:
                         files = gr.File(file_count="multiple", file_types=["image"], type="filepath",
-                                        label=f"seed images (at most {S.MAX_UPLOADS})")
-                        upload_class = gr.Dropdown(m.upload_classes(), label="their class",
-                                                   allow_custom_value=m.backend.classes is None)
-                    settings = settings_block(d)
+                                        label=f"seed images (at most {S.MAX_UPLOADS} files of {S.MAX_FILE_SIZE})")
+                        upload_class = gr.Dropdown(
+                            upload_classes, value=None, label="class of the uploaded images (required)",
+                            allow_custom_value=not upload_classes,
+                            info=f"only what the backbone can generate: {S.upload_class_hint(upload_classes)}")
                     with gr.Row():
                         run = gr.Button("Run BO", variant="primary")
                         stop = gr.Button("Stop", variant="stop")
-                with gr.Column(scale=2):
-                    # Gradio 6 gallery cells are at least 100 px wide: 7 columns fit this column in a 1400 px
-                    # window without scrolling sideways; a mini-batch (m_seed 10) shows as 2 rows of 5.
-                    pool = gr.Gallery(label="class train images / uploads (click to select)", columns=7,
-                                      height=240, format="png", allow_preview=False)
+                    settings = settings_controls(d)
+                with gr.Column(scale=2, min_width=300):
+                    readout = gr.Markdown(elem_id="bo-readout")
                     view = gr.Radio(list(S.POSTERIOR_VIEWS), value="mean", label="heatmap shows the posterior")
                     plot = gr.Plot(elem_id="bo-heatmap", label="GP posterior over β × γ (click a cell to look)")
                     click_box = gr.Textbox(visible="hidden", elem_id="heatmap-click")
-                    proxies = gr.Gallery(label="latest proxy images", columns=5, height="fit-content",
-                                         format="png")
-                    seeds_gallery = gr.Gallery(label="seeds", columns=5, height="fit-content", format="png")
-                    final_gallery = gr.Gallery(label="final (β*, γ*, repulsion), in the seeds' order", columns=5,
-                                               height="fit-content", format="png")
-                    readout = gr.Markdown()
+                    pool = image_gallery("class train images / uploads (click to select)", allow_preview=False,
+                                   height=260)
+                    proxies = image_gallery("latest proxy images")
+                    seeds_gallery = image_gallery("seeds")
+                    final_gallery = image_gallery("final (β*, γ*, repulsion), in the seeds' order", elem_id="final")
+                    repulsion = repulsion_controls(d)
+                    regen_text = gr.Markdown()
                     with gr.Accordion("Manual look and sweep", open=True):
                         with gr.Row():
                             beta_dd = gr.Dropdown([], label="β")
                             gamma_dd = gr.Dropdown([], label="γ")
-                        manual_gallery = gr.Gallery(label="seeds at (β, γ)", columns=5, height="fit-content",
-                                                    format="png")
+                        manual_gallery = image_gallery("seeds at (β, γ)")
                         manual_text = gr.Markdown()
                         sweep_btn = gr.Button("Sweep β × γ (first seed)")
-                        sweep_image = gr.Image(label="sweep", format="png", type="pil")
+                        sweep_image = gr.Image(label="sweep", format="png", type="filepath")
 
         with gr.Tab("Distill & export"):
-            folder = gr.State(None, delete_callback=S.remove_session_dir)
             with gr.Row():
-                with gr.Column(scale=1):
+                with gr.Column(scale=1, min_width=300):
                     data2 = gr.Dropdown(datasets, value=default, label="dataset")
                     classes2 = gr.CheckboxGroup(classes, value=classes, label="classes")
                     with gr.Row():
                         ipc = gr.Slider(1, 100, value=10, step=1, label="IPC (images per class)")
-                        m_seed2 = gr.Slider(1, 32, value=10, step=1, label="m_seed (per mini-batch)")
-                    settings2 = settings_block(d)
+                        m_seed2 = gr.Slider(1, S.M_SEED_MAX, value=10, step=1, label="m_seed (per mini-batch)")
                     with gr.Row():
                         run2 = gr.Button("Distill", variant="primary")
                         stop2 = gr.Button("Stop", variant="stop")
-                with gr.Column(scale=2):
+                    settings2 = {**settings_controls(d), **repulsion_controls(d)}
+                with gr.Column(scale=2, min_width=300):
                     status = gr.Markdown()
                     table = gr.Dataframe(headers=S.TABLE_HEADERS, label="per class", interactive=False)
+                    preview = image_gallery(f"distilled images (first {S.PREVIEW_LIMIT})", elem_id="distilled")
                     download = gr.DownloadButton("Download zip", visible=False)
 
-        lam, auto_bw, bandwidth = settings[6], settings[7], settings[8]
+        lam, auto_bw, bandwidth = repulsion["lam"], repulsion["auto_bandwidth"], repulsion["bandwidth"]
         look = [lam, auto_bw, bandwidth]
 
         data.change(S.on_dataset, data, [class_name, classes2], api_visibility="private")
         data2.change(lambda name: S.on_dataset(name)[1], data2, classes2, api_visibility="private")
         class_name.change(S.class_gallery, [data, class_name], [pool, selected], api_name="class_images")
         demo.load(S.class_gallery, [data, class_name], [pool, selected], api_visibility="private")
-        source.change(lambda s: (gr.update(visible=s == "dataset"), gr.update(visible=s == "upload")), source,
-                      [dataset_group, upload_group], api_visibility="private")
+        source.change(S.on_source, source, [class_name, dataset_group, upload_group], api_visibility="private")
         pool.select(S.toggle_seed, selected, selected, api_visibility="private")
-        random_btn.click(S.random_seeds, [data, class_name, m_seed, settings[9]], selected, api_name="random_seeds")
+        random_btn.click(S.random_seeds, [data, class_name, m_seed, settings["seed"]], selected,
+                         api_name="random_seeds")
         files.upload(S.preview_uploads, files, pool, api_visibility="private")
 
-        bo = run.click(S.run_bo, [data, class_name, source, selected, files, upload_class, m_seed, view, *settings],
+        bo = run.click(S.run_bo, [data, class_name, source, selected, files, upload_class, m_seed, view],
                        [plot, proxies, seeds_gallery, final_gallery, readout, st, beta_dd, gamma_dd, bandwidth],
-                       api_name="run_bo", **GPU)
-        stop.click(None, None, None, cancels=[bo], api_visibility="private")
+                       inputs_kwargs={**settings, **repulsion}, api_name="run_bo", **GPU)
+        stop.click(S.stopped, st, readout, cancels=[bo], api_visibility="private")
         view.change(S.redraw, [st, view], plot, api_name="heatmap_view")
-        lam.release(S.regenerate, [st, *look], [final_gallery, readout], api_name="regenerate", **GPU)
-        for control in (bandwidth.release, auto_bw.input):
-            control(S.regenerate, [st, *look], [final_gallery, readout], api_visibility="private", **GPU)
+        # Typing in a number box and pressing Enter or leaving it is an input event, as is a drag or a tick.
+        for k, control in enumerate(look):
+            control.input(S.regenerate, [st, *look], [final_gallery, regen_text], trigger_mode="always_last",
+                          **({"api_name": "regenerate"} if k == 0 else {"api_visibility": "private"}), **GPU)
         beta_dd.input(S.manual_look, [st, beta_dd, gamma_dd, *look], [manual_gallery, manual_text],
                       api_name="manual_look", **GPU)
         gamma_dd.input(S.manual_look, [st, beta_dd, gamma_dd, *look], [manual_gallery, manual_text],
@@ -170,10 +206,13 @@ def build_demo(m: S.Models) -> gr.Blocks:
                          api_visibility="private", **GPU)
         sweep_btn.click(S.sweep, st, sweep_image, api_name="sweep", **GPU)
         demo.load(None, js=HEATMAP_CLICK_JS)
+        demo.unload(S.remove_session_dir)
 
-        job = run2.click(S.distill_export, [folder, data2, classes2, ipc, m_seed2, *settings2],
-                         [status, table, download, folder], api_name="distill_export", **GPU)
-        stop2.click(None, None, None, cancels=[job], api_visibility="private")
+        job = run2.click(S.distill_export, [data2, classes2, ipc, m_seed2], [status, table, preview, download],
+                         inputs_kwargs=settings2, api_name="distill_export", **GPU)
+        stop2.click(lambda: "**Stopped**: nothing was exported.", None, status, cancels=[job],
+                    api_visibility="private")
+    demo.queue(max_size=S.QUEUE_SIZE)
     return demo
 
 
@@ -221,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except (S.ModelLoadError, S.DataError, ValueError) as e:
         print(f"app: error: {e}", file=sys.stderr)
         return 2
-    build_demo(models).launch(server_name=a.host, server_port=a.port)
+    build_demo(models).launch(server_name=a.host, server_port=a.port, **LAUNCH)
     return 0
 
 

@@ -12,6 +12,7 @@ owns the loop; a backend owns the weights.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -30,8 +31,8 @@ STOCHASTIC_SCHEDULERS = {"DDPMScheduler", "EulerAncestralDiscreteScheduler", "KD
                          "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler"}
 
 
-class Backend:
-    """What the sampler needs from a diffusion model.
+class Backend(ABC):
+    """What the sampler needs from a diffusion model; a new backbone implements the five abstract methods.
 
     Attributes: classes (names it can condition on; None = any name, as a text prompt), image_size and
     channels of its images, default_betas (its usable CFG range), default_lambda (repulsion weight whose
@@ -71,18 +72,23 @@ class Backend:
                                                      else "")
             raise ValueError(f"class {missing[0]!r} is not one of the backbone's classes ({shown})")
 
+    @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @abstractmethod
     def condition(self, names: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    @abstractmethod
     def null_condition(self, n: int) -> torch.Tensor:
         raise NotImplementedError
 
+    @abstractmethod
     def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -14,73 +14,74 @@ from pathlib import Path
 from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
 from .evaluation.students import PROTOCOLS
 from .fidelity import OBJECTIVES
+from .options import parse_bandwidth, parse_floats, parse_names
 
 # Processes meet at a barrier after loading their models and again when their last class is done; a slow model
 # download or an uneven last class must not trip torch.distributed's default 10-30 min timeout.
 BARRIER_TIMEOUT = timedelta(hours=6)
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help text does not already say what the default is."""
 
-
-def _bandwidth(text: str):
-    return text if text == "auto" else float(text)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "") or action.default is None or action.default is False \
+                or action.default == "":
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adaptive-dd", description="Training-free diffusion dataset distillation "
                                 "with adaptive (beta, gamma) sampling and repulsion.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("distill", help="distill a dataset to IPC images per class",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cfg = DistillConfig()
+    d = sub.add_parser("distill", help="distill a dataset to IPC images per class", formatter_class=_HelpFormatter)
     # Read a value such as "-1,2" as a number list, not an option, so `--betas -1,2` reaches validation:
     # the pattern newer argparse releases use; older ones take only a single plain negative number.
     d._negative_number_matcher = re.compile(r"-\.?\d")
-    d.add_argument("--data", default="uci-digits", help="uci-digits, mnist-5k, an ImageFolder directory (with or "
+    d.add_argument("--data", default=cfg.data, help="uci-digits, mnist-5k, an ImageFolder directory (with or "
                    "without train/ and test/), or a Hugging Face dataset saved with save_to_disk")
     d.add_argument("--out", required=True, help="output folder (ImageFolder layout + manifest.json)")
     d.add_argument("--classes", help="comma-separated class names or WordNet ids; the presets imagenette and "
                    "imagewoof stand for their 10 wnids (default: all)")
-    d.add_argument("--ipc", type=int, default=10, help="images per class")
-    d.add_argument("--m-seed", type=int, default=10, help="seed images per mini-batch")
-    d.add_argument("--budget", type=int, default=8, help="BO evaluations per mini-batch")
-    d.add_argument("--q", type=int, default=1, help="BO proposals evaluated together per round")
-    d.add_argument("--kappa", type=float, default=2.0, help="UCB exploration weight")
-    d.add_argument("--betas", type=_floats, help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
-    d.add_argument("--gammas", type=_floats, default=BOConfig().gammas, help="strength grid, in (0, 1]")
-    d.add_argument("--steps", type=int, default=50, help="full sampler steps")
+    d.add_argument("--ipc", type=int, default=cfg.ipc, help="images per class")
+    d.add_argument("--m-seed", type=int, default=cfg.m_seed, help="seed images per mini-batch")
+    d.add_argument("--budget", type=int, default=cfg.bo.budget, help="BO evaluations per mini-batch")
+    d.add_argument("--q", type=int, default=cfg.bo.q, help="BO proposals evaluated together per round")
+    d.add_argument("--kappa", type=float, default=cfg.bo.kappa, help="UCB exploration weight")
+    d.add_argument("--betas", help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
+    d.add_argument("--gammas", default=",".join(f"{g:g}" for g in cfg.bo.gammas),
+                   help="strength grid, in (0, 1]")
+    d.add_argument("--steps", type=int, default=cfg.sampler.steps, help="full sampler steps")
     d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
                    "full sampler starts and take every (steps // proxy-steps)-th step (default: every other)")
-    d.add_argument("--objective", choices=list(OBJECTIVES), default=BOConfig().objective,
+    d.add_argument("--objective", choices=list(OBJECTIVES), default=cfg.bo.objective,
                    help="what BO maximises: " + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
     d.add_argument("--temperature", type=float, help="teacher temperature of the objective (default: 1 for the "
                    "KL objectives, 20 for confidence)")
-    d.add_argument("--novelty-weight", type=float, default=BOConfig().novelty_weight,
+    d.add_argument("--novelty-weight", type=float, default=cfg.bo.novelty_weight,
                    help="w of the kl_novelty objective")
-    d.add_argument("--n-initial", type=int, default=BOConfig().n_initial,
+    d.add_argument("--n-initial", type=int, default=cfg.bo.n_initial,
                    help="BO's initial design: the grid's corners, then Latin points")
-    d.add_argument("--scheduler", default="DDIMScheduler", help="a diffusers scheduler class")
-    d.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    d.add_argument("--scheduler", default=cfg.sampler.scheduler, help="a diffusers scheduler class")
+    d.add_argument("--eta", type=float, default=cfg.sampler.eta, help="DDIM eta")
     d.add_argument("--lam", "--lambda", dest="lam", type=float, help="repulsion weight (default: the backbone's)")
-    d.add_argument("--bandwidth", type=_bandwidth, default="auto", help="RBF sigma, or auto (median heuristic)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--bandwidth", default=cfg.repulsion.bandwidth, help="RBF sigma, or auto (median heuristic)")
+    d.add_argument("--seed", type=int, default=cfg.seed, help="run seed (noise, seed images, BO)")
     d.add_argument("--device", help="cpu, cuda, ... (default: cuda when available; cpu under accelerate --cpu)")
-    d.add_argument("--model", default="bundled", help="bundled, a class-UNet folder, or a Stable Diffusion or DiT "
+    d.add_argument("--model", default=cfg.model, help="bundled, a class-UNet folder, or a Stable Diffusion or DiT "
                    "(e.g. facebook/DiT-XL-2-256) hub id or folder")
     d.add_argument("--teacher", help="bundled name, a folder, or timm NAME[:CHECKPOINT] (default: the data's)")
-    d.add_argument("--prompt", default="a photo of a {name}", help="Stable Diffusion prompt template")
-    d.add_argument("--negative-prompt", default="")
+    d.add_argument("--prompt", default=cfg.prompt, help="Stable Diffusion prompt template")
+    d.add_argument("--negative-prompt", default=cfg.negative_prompt, help="Stable Diffusion null condition")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder that is not ours; "
                    "without --resume, discard an interrupted run of OUT")
     d.add_argument("--zip", action="store_true", help="also write OUT.zip")
     d.add_argument("--resume", action="store_true", help="continue the interrupted run of the same settings "
                    "recorded beside OUT (refused, naming the fields, if the settings differ)")
     e = sub.add_parser("evaluate", help="train students on a distilled set and measure quality and diversity",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     e.add_argument("--distilled", required=True, help="a folder written by `adaptive-dd distill`, or any ImageFolder "
                    "(classes from folder names, matched to the teacher's by name or WordNet id)")
     e.add_argument("--data", required=True, help="the target dataset whose test split is measured against (as "
@@ -120,18 +121,21 @@ def class_list(text: str | None) -> list[str] | None:
     """A --classes value as a list, the ImageNet subset presets expanded to their wnids (in their anchors' order)."""
     from .imagenet import expand_classes
 
-    return expand_classes([c.strip() for c in text.split(",") if c.strip()]) if text is not None else None
+    return expand_classes(parse_names(text)) if text is not None else None
 
 
 def config_from_args(a: argparse.Namespace) -> DistillConfig:
+    """The run's config; list and bandwidth options are parsed here, so their errors read like validation's."""
     return DistillConfig(
         data=a.data, model=a.model, teacher=a.teacher, classes=class_list(a.classes),
         ipc=a.ipc, m_seed=a.m_seed, seed=a.seed, device=a.device or _default_device(), prompt=a.prompt,
         negative_prompt=a.negative_prompt,
         sampler=SamplerConfig(steps=a.steps, proxy_steps=a.proxy_steps, scheduler=a.scheduler, eta=a.eta),
-        repulsion=RepulsionConfig(weight=a.lam, bandwidth=a.bandwidth),
-        bo=BOConfig(betas=a.betas, gammas=a.gammas, budget=a.budget, kappa=a.kappa, q=a.q, n_initial=a.n_initial,
-                    objective=a.objective, temperature=a.temperature, novelty_weight=a.novelty_weight),
+        repulsion=RepulsionConfig(weight=a.lam, bandwidth=parse_bandwidth(a.bandwidth)),
+        bo=BOConfig(betas=None if a.betas is None else parse_floats(a.betas, "--betas"),
+                    gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q,
+                    n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
+                    novelty_weight=a.novelty_weight),
     )
 
 
@@ -166,10 +170,8 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
         return 0
     done = run.progress.batches
     if shard.is_main and done:
-        total = sum(len(dist.seed_plan(c)[0]) for c in dist.classes)
-        print(f"resuming {run.work}: {sum(map(len, done.values()))} of {total} mini-batches already done")
-    mine = dist.assigned(shard, run.progress)
-    n_batches = sum(len(dist.seed_plan(c)[0]) - len(done.get(c, {})) for c in mine)
+        print(f"resuming {run.work}: {sum(map(len, done.values()))} of {dist.n_batches()} mini-batches already done")
+    n_batches = dist.n_batches(dist.assigned(shard, run.progress), run.progress)
     desc = "distill" if shard.count == 1 else f"distill [process {shard.index + 1}/{shard.count}]"
     bar = tqdm(total=n_batches, unit="batch", desc=desc, file=sys.stderr)
     try:
@@ -178,8 +180,8 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
                 bar.update(1)
                 bar.set_postfix_str(f"class {ev.class_name} batch {ev.batch_index}")
             elif isinstance(ev, ClassDone):
-                rows = "; ".join(f"beta*={b['beta']:g} gamma*={b['gamma']:g}"
-                                 + ("" if b["f_proxy"] is None else f" f={b['f_proxy']:.4f}")
+                rows = "; ".join(f"beta*={b.beta:g} gamma*={b.gamma:g}"
+                                 + ("" if b.f_proxy is None else f" f={b.f_proxy:.4f}")
                                  for b in ev.batches)
                 bar.write(f"class {ev.class_name}: {ev.n_images} images; {rows}"
                           + (" (seeds wrapped: fewer than IPC in class)" if ev.wrapped else ""))
@@ -208,7 +210,7 @@ def student_config(a: argparse.Namespace, per_class: list[int]):
     cfg = protocol(name, max(per_class), len(per_class))
     try:
         if a.archs is not None:
-            cfg = replace(cfg, archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()))
+            cfg = replace(cfg, archs=tuple(parse_names(a.archs)))
         if a.seeds is not None:
             cfg = replace(cfg, seeds=tuple(int(x) for x in a.seeds.split(",") if x.strip()))
         if a.steps is not None:

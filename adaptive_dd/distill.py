@@ -22,10 +22,10 @@ import torch
 from .backends import Backend, create_backend
 from .bo import GridBO, GridPosterior, Observation
 from .classmap import align_teacher, class_notes
-from .config import ConfigError, DistillConfig
+from .config import ConfigError, DistillConfig, RepulsionConfig
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
 from .fidelity import Teacher, load_teacher
-from .repulsion import mean_pairwise_distance
+from .repulsion import Bandwidth, mean_pairwise_distance
 from .sampler import img2img, noise_seed
 
 
@@ -42,6 +42,17 @@ class BOStep:
     best: Observation
     proxy_images: torch.Tensor  # (len(candidates), m, C, H, W)
     seed_images: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One finished mini-batch as reported per class (ClassDone.batches) and recorded for a resumed run."""
+
+    batch: int
+    beta: float
+    gamma: float
+    f_proxy: float | None  # None when the grid is a single point: no proxy was run
+    f_final: float
 
 
 @dataclass
@@ -62,10 +73,9 @@ class BatchDone:
     seconds_bo: float
     seconds_final: float
 
-    def summary(self) -> dict:
+    def summary(self) -> BatchSummary:
         """The batch's row in ClassDone.batches; a resumed run gets the same rows back from Progress."""
-        return {"batch": self.batch_index, "beta": self.beta, "gamma": self.gamma, "f_proxy": self.f_proxy,
-                "f_final": self.f_final}
+        return BatchSummary(self.batch_index, self.beta, self.gamma, self.f_proxy, self.f_final)
 
 
 @dataclass
@@ -74,7 +84,7 @@ class ClassDone:
     class_index: int
     n_images: int
     wrapped: bool
-    batches: list[dict] = field(default_factory=list)
+    batches: list[BatchSummary] = field(default_factory=list)
 
 
 @dataclass
@@ -115,10 +125,32 @@ ONE_PROCESS = Shard()
 @dataclass
 class Progress:
     """What an interrupted run already wrote: the finished classes, and per class the finished batches'
-    summaries (the dicts ClassDone.batches holds), so a resumed run skips them and still reports them."""
+    summaries, so a resumed run skips them and still reports them."""
 
     classes: set[str] = field(default_factory=set)
-    batches: dict[str, dict[int, dict]] = field(default_factory=dict)
+    batches: dict[str, dict[int, BatchSummary]] = field(default_factory=dict)
+
+
+@dataclass
+class Regenerated:
+    """Full-sampler images of one mini-batch with what the app and BatchDone report about them."""
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    f: float  # the run's objective over the batch, as BatchDone.f_final reports it
+    diversity: float  # mean pairwise latent distance
+
+
+def seed_plan(dataset: ImageDataset, class_name: str, ipc: int, m_seed: int,
+              seed: int) -> tuple[list[np.ndarray], bool]:
+    """Dataset indices of the seeds for each mini-batch, drawn without replacement; wraps (with a new
+    permutation) only when the class has fewer images than IPC. Seeded per (seed, class) only, so a class's plan
+    does not depend on which other classes run."""
+    c = dataset.class_index(class_name)
+    pool = dataset.indices_of(c)
+    rng = np.random.default_rng([seed, c])
+    order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(ipc / len(pool)))])[:ipc]
+    return [order[i:i + m_seed] for i in range(0, len(order), m_seed)], len(pool) < ipc
 
 
 def default_teacher(data: str) -> str:
@@ -163,15 +195,41 @@ class Distiller:
         return self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
 
     def seed_plan(self, class_name: str) -> tuple[list[np.ndarray], bool]:
-        """Dataset indices of the seeds for each mini-batch, drawn without replacement; wraps (with a new
-        permutation) only when the class has fewer images than IPC."""
-        c = self.dataset.class_index(class_name)
-        pool = self.dataset.indices_of(c)
-        rng = np.random.default_rng([self.config.seed, c])
-        order = np.concatenate([rng.permutation(pool) for _ in range(math.ceil(self.config.ipc / len(pool)))])
-        order = order[: self.config.ipc]
-        m = self.config.m_seed
-        return [order[i:i + m] for i in range(0, len(order), m)], len(pool) < self.config.ipc
+        """This run's seed_plan for one class."""
+        cfg = self.config
+        return seed_plan(self.dataset, class_name, cfg.ipc, cfg.m_seed, cfg.seed)
+
+    def n_batches(self, classes: list[str] | None = None, progress: Progress | None = None) -> int:
+        """Mini-batches left to run over classes (default: all configured), not counting those progress holds."""
+        done = progress.batches if progress else {}
+        classes = self.classes if classes is None else classes
+        return sum(len(self.seed_plan(c)[0]) - len(done.get(c, {})) for c in classes)
+
+    def noise_seeds(self, class_name: str, slots: list[int]) -> list[int]:
+        """The noise generator seed of each output slot of a class: what makes a slot's image reproducible."""
+        c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
+        return [noise_seed(self.config.seed, c, s) for s in slots]
+
+    def repulsion(self, weight: float | None = None, bandwidth: Bandwidth | None = None) -> tuple[float, Bandwidth]:
+        """The repulsion (lambda, bandwidth) a full generation uses: the run's, or validated overrides of either."""
+        cfg = RepulsionConfig(weight=self.weight if weight is None else float(weight),
+                              bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth)
+        cfg.validate()
+        return cfg.weight, cfg.bandwidth
+
+    def regenerate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, slots: list[int], *,
+                   weight: float | None = None, bandwidth: Bandwidth | None = None) -> Regenerated:
+        """The full-sampler pass of a mini-batch (Algorithm 1, line 15) from its slots' noise, scored by the teacher.
+
+        beta and gamma are scalars or one value per image; weight and bandwidth override the run's repulsion, which
+        is how the app redraws a batch at another lambda from the same noise.
+        """
+        weight, bandwidth = self.repulsion(weight, bandwidth)
+        out = self.generate(seed_images, class_name, beta, gamma, self.noise_seeds(class_name, slots), proxy=False,
+                            weight=weight, bandwidth=bandwidth)
+        f = self.objective(self.teacher.embed(seed_images), self.teacher.embed(out.images),
+                           self.target_index(class_name))
+        return Regenerated(out.images, out.latents, f, mean_pairwise_distance(out.latents))
 
     def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
                  weight: float | None = None, bandwidth=None, groups=None):
@@ -220,7 +278,7 @@ class Distiller:
                         gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
                         t1 - t0, t2 - t1)
 
-    def distill_class(self, class_name: str, finished: dict[int, dict] | None = None) -> Iterator[Event]:
+    def distill_class(self, class_name: str, finished: dict[int, BatchSummary] | None = None) -> Iterator[Event]:
         """All mini-batches of one class; those in finished (batch index -> summary) are not run again."""
         plan, wrapped = self.seed_plan(class_name)
         c = self.dataset.class_index(class_name)

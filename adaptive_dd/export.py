@@ -14,6 +14,7 @@ per-process folder that any failure removes.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from .config import DistillConfig
 from .data import to_pil
-from .distill import ONE_PROCESS, BatchDone, ClassDone, Event, Progress, RunDone, Shard
+from .distill import ONE_PROCESS, BatchDone, BatchSummary, ClassDone, Event, Progress, RunDone, Shard
 
 try:
     import fcntl
@@ -316,7 +317,7 @@ class ExportRun:
         for path in sorted((self.work / PROGRESS).glob("c*.json")):
             record = self._load(path)
             if "batch" in record:
-                progress.batches.setdefault(record["class"], {})[record["batch"]] = record["summary"]
+                progress.batches.setdefault(record["class"], {})[record["batch"]] = BatchSummary(**record["summary"])
             else:
                 progress.classes.add(record["name"])
         return progress
@@ -330,13 +331,13 @@ class ExportRun:
             name = f"{folder}/{slot:04d}.png"
             _write_atomic(self.work / name, _png_bytes(im))
             images.append({"file": name, "class": ev.class_name, "class_index": ev.class_index, "seed_id": seed_id,
-                           "beta": ev.beta, "gamma": ev.gamma, "f": ev.f_proxy, "batch": ev.batch_index})
+                           "beta": ev.beta, "gamma": ev.gamma, "batch_f_proxy": ev.f_proxy, "batch": ev.batch_index})
         _fsync_dir(self.work / folder)
         row = {"class": ev.class_name, "batch": ev.batch_index, "beta": ev.beta, "gamma": ev.gamma,
                "f_proxy": ev.f_proxy, "f_final": ev.f_final, "seed_ids": list(ev.seed_ids),
                "history": [{"step": o.step, "beta": o.beta, "gamma": o.gamma, "f": o.f} for o in ev.observations]}
-        record = {"class": ev.class_name, "batch": ev.batch_index, "summary": ev.summary(), "images": images,
-                  "row": row}
+        record = {"class": ev.class_name, "batch": ev.batch_index, "summary": dataclasses.asdict(ev.summary()),
+                  "images": images, "row": row}
         _write_atomic(self._batch_path(ev.class_index, ev.batch_index), json.dumps(record).encode())
         _fsync_dir(self.work / PROGRESS)
 

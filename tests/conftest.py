@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 import urllib.request
 
@@ -16,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -74,7 +74,7 @@ def tiny_teacher(tiny_teacher_dir):
     return load_teacher(str(tiny_teacher_dir))
 
 
-APP_SESSION_DIRS = f"{tempfile.gettempdir()}/adaptive_dd-app-*"
+APP_SESSION_DIRS = f"{get_upload_folder()}/adaptive_dd-app-*"
 
 
 def _free_port() -> int:
@@ -104,7 +104,7 @@ def app_url(tiny_unet_dir, tiny_teacher_dir):
     demo = app.build_demo(app.S.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None))
     before = set(glob.glob(APP_SESSION_DIRS))
     port = _free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, **app.LAUNCH)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_ready(url)

@@ -12,8 +12,8 @@ from conftest import APP_SESSION_DIRS
 gradio_client = pytest.importorskip("gradio_client")
 
 BUDGET = 3
-# betas, gammas, budget, q, kappa, steps, lambda, auto bandwidth, bandwidth, seed (app_state.Settings order)
-SETTINGS = ["0, 1, 2", "0.5, 0.7, 1.0", BUDGET, 1, 2.0, 6, 1.0, True, 1.0, 7]
+SETTINGS = {"betas": "0, 1, 2", "gammas": "0.5, 0.7, 1.0", "budget": BUDGET, "steps": 6, "lam": 1.0,
+            "auto_bandwidth": True, "bandwidth": 1.0, "q": 1, "kappa": 2.0, "seed": 7}
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,14 @@ def client(app_url, tmp_path_factory):
 
 
 def test_models_panel_names_backbone_and_teacher(client):
-    from adaptive_dd import app_state
+    from adaptive_dd import app_handlers
 
-    text = app_state.models().describe()
+    text = app_handlers.models().describe()
     assert "UNet2DModel" in text and "resnet10t" in text and "cpu" in text
 
 
 def test_run_bo_streams_a_heatmap_per_evaluation_then_the_final_batch(client):
-    job = client.submit("uci-digits", "3", "dataset", [], None, None, 4, "mean", *SETTINGS, api_name="/run_bo")
+    job = client.submit("uci-digits", "3", "dataset", [], None, None, 4, "mean", **SETTINGS, api_name="/run_bo")
     job.result(timeout=300)
     outputs = job.outputs()
     plots = [json.loads(o[0]["plot"]) for o in outputs if "plot" in o[0]]  # skipped outputs are bare updates
@@ -38,6 +38,7 @@ def test_run_bo_streams_a_heatmap_per_evaluation_then_the_final_batch(client):
     for k, fig in enumerate(plots, start=1):
         heat, observed = fig["data"][0], fig["data"][1]
         assert heat["type"] == "heatmap" and len(heat["z"]) == 3 and len(heat["z"][0]) == 3
+        assert (heat["zmin"], heat["zmax"], heat["colorscale"]) == (-3, 0, plots[0]["data"][0]["colorscale"])
         assert observed["text"] == [str(i) for i in range(1, k + 1)]
         assert fig["layout"]["uirevision"] == "bo"
     final = outputs[-1]
@@ -48,8 +49,10 @@ def test_run_bo_streams_a_heatmap_per_evaluation_then_the_final_batch(client):
 
 def test_export_returns_a_zip_with_ipc_images_per_class_and_a_manifest(client):
     classes, ipc = ["0", "1"], 3
-    status, table, download = client.predict("uci-digits", classes, ipc, 2, *SETTINGS, api_name="/distill_export")
+    status, table, preview, download = client.predict("uci-digits", classes, ipc, 2, **SETTINGS,
+                                                      api_name="/distill_export")
     assert status.startswith("Done") and download["visible"]  # a DownloadButton update made visible
+    assert [item["caption"] for item in preview] == [f"{c} · {k}" for c in classes for k in range(ipc)]
     download = download["value"]  # the zip, already fetched by the client
     assert download.endswith(".zip")
     assert [row[0] for row in table["data"]] == ["0", "0", "1", "1"]  # two mini-batches per class
@@ -67,8 +70,8 @@ def _image_bytes(gallery: list[dict]) -> list[bytes]:
 
 
 def test_lambda_regenerates_from_the_same_noise_and_look_and_sweep_draw(client):
-    final = client.predict("uci-digits", "5", "dataset", [], None, None, 3, "mean", *SETTINGS, api_name="/run_bo")
-    lam = SETTINGS[6]
+    final = client.predict("uci-digits", "5", "dataset", [], None, None, 3, "mean", **SETTINGS, api_name="/run_bo")
+    lam = SETTINGS["lam"]
     again, text = client.predict(lam, True, 1.0, api_name="/regenerate")
     assert _image_bytes(again) == _image_bytes(final[3])  # same (beta*, gamma*), noise and lambda: same images
     assert "diversity" in text
@@ -92,17 +95,19 @@ def test_uploads_are_validated_and_used_as_seeds(client, tmp_path):
         good.append(handle_file(str(tmp_path / f"ok{i}.png")))
     (tmp_path / "bad.png").write_text("not an image")
     files = good + [handle_file(str(tmp_path / "bad.png"))]
-    out = client.predict("uci-digits", "0", "upload", [], files, "7", 10, "std", *SETTINGS, api_name="/run_bo")
+    out = client.predict("uci-digits", "0", "upload", [], files, "7", 10, "std", **SETTINGS, api_name="/run_bo")
     assert [item["caption"] for item in out[2]] == ["ok0.png", "ok1.png"]  # the bad file is skipped
     assert len(out[3]) == 2
     too_many = [handle_file(str(tmp_path / "ok0.png"))] * 17
-    with pytest.raises(Exception, match="at most 16"):
-        client.predict("uci-digits", "0", "upload", [], too_many, "7", 10, "mean", *SETTINGS, api_name="/run_bo")
+    with pytest.raises(Exception, match="17 files uploaded; at most 16"):
+        client.predict("uci-digits", "0", "upload", [], too_many, "7", 10, "mean", **SETTINGS, api_name="/run_bo")
+    with pytest.raises(Exception, match="choose the class of the uploaded images"):
+        client.predict("uci-digits", "0", "upload", [], good, None, 10, "mean", **SETTINGS, api_name="/run_bo")
 
 
 def test_cancelled_export_leaves_no_temporary_folder(client):
-    pattern = f"{APP_SESSION_DIRS}/.adaptive_dd-*.tmp-*"
-    job = client.submit("uci-digits", [str(i) for i in range(10)], 20, 4, *SETTINGS, api_name="/distill_export")
+    pattern = f"{APP_SESSION_DIRS}/export/.adaptive_dd-*.tmp-*"
+    job = client.submit("uci-digits", [str(i) for i in range(10)], 20, 4, **SETTINGS, api_name="/distill_export")
     deadline = time.monotonic() + 60
     while not glob.glob(pattern) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -114,7 +119,7 @@ def test_cancelled_export_leaves_no_temporary_folder(client):
     assert not glob.glob(pattern)
 
 
-@pytest.mark.parametrize("name,match", [("", "choose or type"), ("  ", "choose or type"),
+@pytest.mark.parametrize("name,match", [(None, "choose the class"), ("  ", "choose the class"),
                                         ("../etc", "path separators"), ("a/b", "path separators"),
                                         ("banana", "not one of the backbone's classes")])
 def test_upload_class_names_are_checked(client, tmp_path, name, match):
@@ -127,3 +132,123 @@ def test_upload_class_names_are_checked(client, tmp_path, name, match):
     Image.new("L", (8, 8), 128).save(path)
     with pytest.raises(gr.Error, match=match):
         app.S._seed_batch("uci-digits", "0", "upload", None, [str(path)], name, 4, 0)
+
+
+def test_settings_are_passed_by_name_and_public_limits_are_set(client, app_url):
+    import urllib.request
+
+    from adaptive_dd import app_handlers
+
+    params = [p["parameter_name"] for p in client.view_api(return_format="dict")["named_endpoints"]["/run_bo"]
+              ["parameters"]]
+    assert sorted(params[-len(app_handlers.Settings.names()):]) == sorted(app_handlers.Settings.names())
+    config = json.loads(urllib.request.urlopen(app_url + "config").read())
+    assert config["max_file_size"] == 10 * 1024 ** 2
+
+
+def test_seed_and_budget_bounds_are_named():
+    import gradio as gr
+
+    import app
+
+    ids = [f"uci-digits/{i}" for i in range(40)]
+    with pytest.raises(gr.Error, match="40 seed images selected; at most 32"):
+        app.S._seed_batch("uci-digits", "0", "dataset", ids, None, None, 4, 0)
+    assert app.S.budget_bounds("0, 1", "0.5", 8) == {"__type__": "update", "maximum": 2, "value": 2}
+    assert app.S.budget_bounds("0, 1, 2", "0.5, 0.7", 4) == {"__type__": "update", "maximum": 6}  # 4 still fits
+    assert app.S.budget_bounds("0, x", "0.5", 4) == gr.skip()  # a half-typed grid leaves the slider alone
+
+
+def test_edge_note_names_the_grid_border_the_optimum_sits_on():
+    from adaptive_dd.app_handlers import edge_note
+    from adaptive_dd.bo import Observation
+
+    def best(beta: float, gamma: float) -> Observation:
+        return Observation(beta=beta, gamma=gamma, f=-0.1, step=1, index=(0, 0))
+
+    betas, gammas = (0.0, 1.0, 2.0), (0.3, 0.5, 0.9)
+    assert edge_note(best(1.0, 0.5), betas, gammas) == ""
+    assert edge_note(best(1.0, 0.3), betas, gammas) == \
+        "The optimum is on the edge of the grid (smallest γ): widen it."
+    assert "largest β and largest γ" in edge_note(best(2.0, 0.9), betas, gammas)
+    assert edge_note(best(1.0, 0.5), (1.0,), gammas) == ""  # a one-value axis has no edge
+
+
+def test_four_users_at_once_each_get_their_own_class(app_url):
+    """Four clients (four sessions) run BO on four classes together; the GPU queue serialises them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adaptive_dd import app_handlers
+
+    labels = dict(zip(app_handlers.models().dataset("uci-digits").ids,
+                      app_handlers.models().dataset("uci-digits").labels))
+    small = {**SETTINGS, "budget": 2, "steps": 4}
+
+    def one(class_name: str):
+        c = gradio_client.Client(app_url, verbose=False, analytics_enabled=False)
+        seeds = c.predict("uci-digits", class_name, 3, small["seed"], api_name="/random_seeds")
+        out = c.predict("uci-digits", class_name, "dataset", [], None, None, 3, "mean", **small,
+                        api_name="/run_bo")  # no selection: seed_plan's first batch, as random_seeds shows it
+        again, _ = c.predict(small["lam"], True, 1.0, api_name="/regenerate")
+        return seeds, out, again
+
+    classes = ["1", "2", "3", "4"]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, classes))
+    for class_name, (seeds, out, again) in zip(classes, results):
+        assert len(seeds) == 3 and {int(labels[s]) for s in seeds} == {int(class_name)}
+        assert [item["caption"] for item in out[2]] == [s.rsplit("/", 1)[-1] for s in seeds]
+        assert len(out[3]) == 3 and f"class **{class_name}**" not in out[4]  # the final readout, not the start
+        assert _image_bytes(again) == _image_bytes(out[3])  # the session's own batch came back
+
+
+def test_sweep_labels_every_column_inside_the_image():
+    import numpy as np
+    from PIL import Image
+
+    from adaptive_dd.app_handlers import labelled_grid
+
+    gammas = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    grid = labelled_grid([Image.new("L", (64, 64), 255)] * 14, (1.0, 2.0), gammas)
+    band = np.asarray(grid.convert("L").crop((0, 0, grid.width, 56)))
+    ink = np.flatnonzero((band < 128).any(0))
+    assert ink.max() < grid.width - 1  # the last label ends before the edge
+    last = band[:, 56 + 6 * 64:]
+    assert (last < 128).any(0).sum() > 30  # and is all there: "gamma=0.9" spans most of its column
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def _folder(pattern: str) -> tuple[int, float]:
+    """Files under the folders matching pattern, and their size in MB."""
+    from pathlib import Path
+
+    files = [p for d in glob.glob(pattern) for p in Path(d).rglob("*") if p.is_file()]
+    return len(files), sum(f.stat().st_size for f in files) / 1e6
+
+
+def test_thirty_bo_runs_in_a_row_keep_memory_and_temp_files_flat(client):
+    """The soak a public Space needs: over 30 BO runs of one session RSS grows < 100 MB, and the session's folder
+    of served images holds one run's worth however many runs it makes."""
+    from adaptive_dd.app_handlers import SESSION_PREFIX
+
+    tiny = {**SETTINGS, "budget": 2, "steps": 4}
+    session = f"{APP_SESSION_DIRS.rsplit('/', 1)[0]}/{SESSION_PREFIX}{client.session_hash}"
+    for seed in range(3):  # warm-up: first-call allocations are not growth
+        client.predict("uci-digits", "2", "dataset", [], None, None, 3, "mean", **{**tiny, "seed": seed},
+                       api_name="/run_bo")
+    rss0, (n0, mb0), t0 = _rss_mb(), _folder(session), time.monotonic()
+    peak = 0
+    for seed in range(30):  # a new seed each time: new images
+        out = client.predict("uci-digits", str(seed % 10), "dataset", [], None, None, 3, "mean",
+                             **{**tiny, "seed": 100 + seed}, api_name="/run_bo")
+        assert len(out[3]) == 3
+        peak = max(peak, _folder(session)[0])
+    seconds, grown, (n, mb) = time.monotonic() - t0, _rss_mb() - rss0, _folder(session)
+    print(f"soak: 30 runs in {seconds:.1f} s, RSS +{grown:.1f} MB; session folder {n0} files ({mb0:.3f} MB) "
+          f"after the warm-up, {n} ({mb:.3f} MB) after 30 more runs, at most {peak}")
+    assert grown < 100, f"RSS grew by {grown:.0f} MB over 30 BO runs"
+    assert n0 > 0 and peak <= n0 + 3, "the session's folder grows with every run"  # 3 proxies per BO step

@@ -79,16 +79,16 @@ def test_the_explore_and_export_tabs_offer_the_folders_classes(digit_folder, tin
 
 def test_a_folder_without_a_teacher_or_known_classes_is_refused_naming_it(digit_folder, tiny_unet_dir,
                                                                         tiny_teacher_dir, tmp_path) -> None:
-    from adaptive_dd import app_state
+    from adaptive_dd import app_handlers
 
-    saved = app_state.MODELS
-    with pytest.raises(app_state.ModelLoadError, match=f"no bundled teacher for '{digit_folder}'"):
-        app_state.load_models(str(tiny_unet_dir), None, "cpu", None, [str(digit_folder)])
+    saved = app_handlers.MODELS
+    with pytest.raises(app_handlers.ModelLoadError, match=f"no bundled teacher for '{digit_folder}'"):
+        app_handlers.load_models(str(tiny_unet_dir), None, "cpu", None, [str(digit_folder)])
     (tmp_path / "pets" / "cat").mkdir(parents=True)
     Image.new("L", (8, 8)).save(tmp_path / "pets" / "cat" / "0.png")
-    with pytest.raises(app_state.ModelLoadError, match=r"pets: none of its classes \(cat\) is one the backbone"):
-        app_state.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None, [str(tmp_path / "pets")])
-    assert app_state.MODELS is saved
+    with pytest.raises(app_handlers.ModelLoadError, match=r"pets: none of its classes \(cat\) is one the backbone"):
+        app_handlers.load_models(str(tiny_unet_dir), str(tiny_teacher_dir), "cpu", None, [str(tmp_path / "pets")])
+    assert app_handlers.MODELS is saved
 
 
 def test_app_starts_on_the_folder_in_adaptive_dd_data(digit_folder, tiny_unet_dir, tiny_teacher_dir) -> None:

@@ -5,11 +5,14 @@ chromium), so the layout, the streamed plotly heatmap and the download button ar
 """
 from __future__ import annotations
 
+import glob
 import json
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import APP_SESSION_DIRS
 from playwright.sync_api import Page, expect, sync_playwright
 
 
@@ -25,18 +28,30 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
 
 
-@pytest.fixture
-def page(app_url):
+@pytest.fixture(scope="module")
+def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-            page.set_default_timeout(TIMEOUT_MS)
-            expect.set_options(timeout=TIMEOUT_MS)  # expect() has its own 5 s default
-            page.goto(app_url)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def _open(browser, app_url: str, width: int = 1400, height: int = 1000) -> Page:
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)  # expect() has its own 5 s default
+    page.goto(app_url)
+    expect(page.get_by_role("button", name="Run BO")).to_be_visible()
+    return page
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = _open(browser, app_url)
+    yield page
+    page.close()
 
 
 def _set(page: Page, label: str, value: object) -> None:
@@ -55,20 +70,49 @@ def _small_settings(page: Page) -> None:
     _set(page, "steps (proxies use half)", 6)
 
 
+def _gallery(page: Page, label: str):
+    return page.get_by_test_id("block-label").filter(has_text=label).locator("..")
+
+
+def _sources(gallery) -> list[str]:
+    return [img.get_attribute("src") for img in gallery.locator("img").all()]
+
+
 def test_explore_then_distill_and_download_in_the_browser(page: Page, tmp_path):
+    expect(page.get_by_role("button", name="Run BO")).to_be_in_viewport()  # no scrolling to find it at 1400 x 1000
     page.get_by_label("class", exact=True).click()
     page.get_by_role("option", name="3", exact=True).click()
     _set(page, "m_seed (seed images)", 4)
     _small_settings(page)
     title = page.locator("#bo-heatmap .gtitle")
     expect(title).to_have_count(0)  # no heatmap before the run
+    # Record the colour range of every frame the page draws while BO streams.
+    page.evaluate("""() => { window.__ranges = []; window.__watch = new MutationObserver(() => {
+        const el = document.querySelector('#bo-heatmap .js-plotly-plot');
+        const t = el && el.data && el.data[0];
+        if (t && (window.__ranges.length === 0 || window.__ranges.at(-1).frame !== el._fullLayout.title.text))
+            window.__ranges.push({frame: el._fullLayout.title.text, zmin: t.zmin, zmax: t.zmax});
+    }); window.__watch.observe(document.querySelector('#bo-heatmap'),
+                               {subtree: true, childList: true, characterData: true, attributes: true}); }""")
     page.get_by_role("button", name="Run BO").click()
-    expect(title).to_contain_text(f"after {BUDGET}/{BUDGET} evaluations")
+    expect(title).to_contain_text(f"{BUDGET}/{BUDGET} evaluations")
     expect(page.get_by_text("f_final")).to_be_visible()  # the readout of BatchDone: the final batch is drawn
-    final = page.get_by_test_id("block-label").filter(has_text="final (β*, γ*, repulsion)").locator("..")
+    ranges = page.evaluate("() => { window.__watch.disconnect(); return window.__ranges; }")
+    # Every frame the page drew (a fast run may draw only the last; test_app checks every streamed frame).
+    assert ranges and {(r["zmin"], r["zmax"]) for r in ranges} == {(-3, 0)}, ranges
+    final = _gallery(page, "final (β*, γ*, repulsion)")
     expect(final.locator("img")).to_have_count(4)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "app_e2e.png"), full_page=True)
+
+    # Typing a lambda and pressing Enter redraws the final batch (no other control has to change).
+    before = _sources(final)
+    box = page.get_by_label("number input for λ (repulsion weight)", exact=True)
+    box.fill("0")
+    box.press("Enter")
+    expect(page.get_by_text("λ = 0, bandwidth = auto")).to_be_visible()
+    after = _sources(final)
+    assert len(after) == 4 and after != before
 
     page.get_by_role("tab", name="Distill & export").click()
     for c in [str(i) for i in range(10) if str(i) not in CLASSES]:
@@ -78,6 +122,7 @@ def test_explore_then_distill_and_download_in_the_browser(page: Page, tmp_path):
     _small_settings(page)
     page.get_by_role("button", name="Distill", exact=True).click()
     expect(page.get_by_text("Done:")).to_be_visible()
+    expect(_gallery(page, "distilled images").locator("img")).to_have_count(IPC * len(CLASSES))  # the preview
     with page.expect_download() as download:
         page.get_by_role("button", name="Download zip").click()
     path = tmp_path / download.value.suggested_filename
@@ -91,3 +136,74 @@ def test_explore_then_distill_and_download_in_the_browser(page: Page, tmp_path):
         assert sum(f"/{c}/" in n and n.endswith(".png") for n in names) == IPC
     assert manifest["class_order"][:len(CLASSES)] == CLASSES and len(manifest["images"]) == IPC * len(CLASSES)
     assert manifest["config"]["bo"]["budget"] == BUDGET and manifest["config"]["sampler"]["steps"] == 6
+
+
+def test_upload_needs_an_explicit_class_and_stop_says_so(page: Page, tmp_path):
+    from PIL import Image
+
+    class_picker = page.get_by_label("class", exact=True)
+    expect(class_picker).to_be_visible()
+    page.get_by_label("upload").check()
+    expect(class_picker).to_be_hidden()  # the dataset's class picker is not the uploads' class
+    upload_class = page.get_by_label("class of the uploaded images (required)")
+    expect(upload_class).to_have_value("")
+    expect(page.get_by_text("only what the backbone can generate: one of the backbone's classes: 0, 1, 2")) \
+        .to_be_visible()
+    path = tmp_path / "seven.png"
+    Image.new("L", (8, 8), 200).save(path)
+    page.locator("input[type=file]").set_input_files(str(path))
+    pool = _gallery(page, "class train images / uploads")
+    expect(pool.locator("img")).to_have_count(1)
+    box = pool.locator("img").first.bounding_box()
+    assert box["width"] <= 200  # one upload does not fill the gallery's width
+    _small_settings(page)
+    page.get_by_role("button", name="Run BO").click()
+    expect(page.get_by_text("choose the class of the uploaded images (one of the backbone's classes: 0, 1")) \
+        .to_be_visible()
+    expect(page.locator("#bo-heatmap .gtitle")).to_have_count(0)  # nothing ran
+
+    upload_class.click()
+    page.get_by_role("option", name="7", exact=True).click()
+    _set(page, "BO budget", 9)
+    _set(page, "steps (proxies use half)", 60)
+    page.get_by_role("button", name="Run BO").click()
+    expect(page.locator("#bo-heatmap .gtitle")).to_contain_text("/9 evaluations")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#bo-readout")).to_contain_text("Stopped")  # "after k/9 evaluations" unless BO had finished
+
+
+def test_phone_width_galleries_wrap_and_the_heatmap_title_fits(browser, app_url):
+    before = set(glob.glob(APP_SESSION_DIRS))
+    page = _open(browser, app_url, width=390, height=844)
+    try:
+        _set(page, "m_seed (seed images)", 10)
+        _small_settings(page)
+        page.get_by_role("button", name="Run BO").click()
+        expect(page.get_by_text("f_final")).to_be_visible()
+        final = _gallery(page, "final (β*, γ*, repulsion)")
+        expect(final.locator("img")).to_have_count(10)
+        for label in ("latest proxy images", "seeds", "final (β*, γ*, repulsion)"):
+            images = _gallery(page, label).locator("img").all()
+            assert images, label
+            for img in images:  # not scrolled into view: that would scroll a clipped row sideways
+                box = img.bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (label, box)
+        title = page.locator("#bo-heatmap .gtitle")
+        title.scroll_into_view_if_needed()
+        plot, text = page.locator("#bo-heatmap .js-plotly-plot").bounding_box(), title.bounding_box()
+        assert plot["x"] <= text["x"] and text["x"] + text["width"] <= plot["x"] + plot["width"]
+        label = page.get_by_test_id("block-label").filter(has_text="GP posterior").bounding_box()
+        assert text["y"] >= label["y"] + label["height"]  # the title sits below the block's label
+        modebar = page.locator("#bo-heatmap .modebar-container")
+        if modebar.count():  # shown on hover only; where it is, it must not cover the label
+            bar = modebar.bounding_box()
+            assert bar is None or bar["y"] >= label["y"] + label["height"] or bar["x"] >= label["x"] + label["width"]
+        page.screenshot(path=str(ARTIFACTS / "app_e2e_390.png"), full_page=True)
+    finally:
+        page.close()
+    mine = set(glob.glob(APP_SESSION_DIRS)) - before
+    assert len(mine) == 1  # the page's own folder of served images
+    deadline = time.monotonic() + 30
+    while any(Path(d).exists() for d in mine) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(Path(d).exists() for d in mine), "closing the page left its folder behind"

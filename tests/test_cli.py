@@ -151,3 +151,17 @@ def test_image_folder_with_fewer_images_than_ipc_wraps(tiny_model: str, tmp_path
     seeds = {c: [img["seed_id"] for img in manifest["images"] if img["class"] == c] for c in "01"}
     assert len(seeds["0"]) == 3 and set(seeds["0"]) == {"0/0.png", "0/1.png"}
     assert sorted(seeds["1"]) == ["1/0.png", "1/1.png", "1/2.png"]
+
+
+def test_help_states_each_default_once_from_the_config(capsys) -> None:
+    from adaptive_dd.cli import build_parser
+    from adaptive_dd.config import DistillConfig
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    options = text.split(" -h, --help ", 1)[1].split(" --")
+    assert all(o.count("(default") <= 1 for o in options), [o for o in options if o.count("(default") > 1]
+    assert "(default: None)" not in text
+    cfg = DistillConfig()
+    assert f"(default: {cfg.bo.budget})" in text and f"(default: {cfg.sampler.steps})" in text

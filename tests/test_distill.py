@@ -72,6 +72,8 @@ def test_export_holds_exactly_ipc_per_class_and_reruns_byte_identical(distiller,
     assert len(manifest["images"]) == 15 and manifest["class_order"][:3] == ["0", "1", "2"]
     assert {i["file"] for i in manifest["images"]} == {k for k in a if k.endswith(".png")}
     assert all(len(b["history"]) == 3 for b in manifest["batches"])
+    f_proxy = {(b["class"], b["batch"]): b["f_proxy"] for b in manifest["batches"]}
+    assert all(i["batch_f_proxy"] == f_proxy[i["class"], i["batch"]] and "f" not in i for i in manifest["images"])
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "a.zip") as zf:
@@ -177,6 +179,26 @@ def test_a_one_point_grid_skips_bo_and_regenerates_at_that_point(tiny_backend, t
     seeds = dist.dataset.tensor(plan[0], tiny_backend.image_size, tiny_backend.channels)
     same = dist.generate(seeds, "1", 2.0, 0.7, [noise_seed(7, 1, k) for k in done.slots], proxy=False)
     torch.testing.assert_close(done.images, same.images, rtol=0, atol=0)
+
+
+def test_regenerate_is_the_final_pass_and_the_summary_is_typed(distiller):
+    """Distiller.regenerate at (beta*, gamma*) and the batch's slots gives the BatchDone's images and numbers."""
+    from adaptive_dd.distill import BatchSummary, seed_plan
+
+    idx = distiller.seed_plan("1")[0][0]
+    images = distiller.dataset.tensor(idx, distiller.backend.image_size, distiller.backend.channels)
+    done = list(distiller.run_batch(images, [str(i) for i in idx], "1", 0))[-1]
+    again = distiller.regenerate(images, "1", done.beta, done.gamma, done.slots)
+    assert torch.equal(again.images, done.images)
+    assert again.f == pytest.approx(done.f_final, abs=1e-6) and again.diversity == pytest.approx(done.diversity)
+    plain = distiller.regenerate(images, "1", done.beta, done.gamma, done.slots, weight=0.0)
+    assert not torch.equal(plain.images, done.images)  # the run's lambda is 1.0; the override is used
+    with pytest.raises(ConfigError, match="bandwidth must be a positive number"):
+        distiller.regenerate(images, "1", done.beta, done.gamma, done.slots, bandwidth=-1.0)
+    assert done.summary() == BatchSummary(0, done.beta, done.gamma, done.f_proxy, done.f_final)
+    assert distiller.n_batches() == 6 and distiller.n_batches(["0"]) == 2  # 5 images in batches of 3
+    plan, wrapped = seed_plan(distiller.dataset, "1", 5, 3, 7)
+    assert [list(b) for b in plan] == [list(b) for b in distiller.seed_plan("1")[0]] and not wrapped
 
 
 @pytest.mark.parametrize("objective", ["kl", "confidence", "kl_novelty"])

@@ -24,7 +24,7 @@ from PIL import Image
 
 from adaptive_dd.config import DistillConfig
 from adaptive_dd.data import DataError, load_image_folder, open_image
-from adaptive_dd.distill import BatchDone, ClassDone, RunDone
+from adaptive_dd.distill import BatchDone, BatchSummary, ClassDone, RunDone
 from adaptive_dd.export import ExportError, class_folders, export, write_zip
 from adaptive_dd.fidelity import ModelLoadError, load_teacher
 
@@ -127,14 +127,14 @@ def test_open_image_and_image_folder(name: str, tmp_path: Path) -> None:
 
 def test_app_upload_path_skips_each_bad_file_with_a_warning_naming_it(tmp_path: Path) -> None:
     pytest.importorskip("gradio")
-    from adaptive_dd import app_state
+    from adaptive_dd import app_handlers
 
     files = [str(_make(tmp_path, name)) for name in sorted(HOSTILE)]
     (tmp_path / "folder.png").mkdir()
     Image.new("L", (8, 8), 7).save(tmp_path / "good.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        images, names = app_state.read_uploads([*files, str(tmp_path / "folder.png"), str(tmp_path / "good.png")])
+        images, names = app_handlers.read_uploads([*files, str(tmp_path / "folder.png"), str(tmp_path / "good.png")])
     assert names == [*HANDLED, "good.png"]
     assert all(HOSTILE[n][1](im) for n, im in zip(HANDLED, images))
     skipped = sorted(str(w.message) for w in caught if str(w.message).startswith("skipped "))
@@ -202,7 +202,7 @@ def _events(classes: list[str]):
     for i, name in enumerate(classes):
         images = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(i))
         yield BatchDone(name, i, 0, images, images, [f"seed{i}"], [0], 1.0, 0.5, -0.1, -0.2, 0.0, [], 0.0, 0.0)
-        yield ClassDone(name, i, 1, False, [{"batch": 0, "beta": 1.0, "gamma": 0.5, "f_proxy": -0.1, "f_final": -0.2}])
+        yield ClassDone(name, i, 1, False, [BatchSummary(0, 1.0, 0.5, -0.1, -0.2)])
     yield RunDone(len(classes), 0.0, 0.0, 0.0, list(classes))
 
 
