@@ -21,6 +21,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
+from adaptive_dd.fidelity import OBJECTIVES  # noqa: E402
 from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -66,7 +67,7 @@ def settings_controls(d: S.Settings) -> dict[str, gr.components.Component]:
             n = S.grid_size(d.betas, d.gammas) or 2
             budget = gr.Slider(1, max(n, 2), value=min(d.budget, n), step=1, label="BO budget",
                                info="at most the grid's size")
-            steps = gr.Slider(2, 100, value=d.steps, step=1, label="steps (proxies use half)")
+            steps = gr.Slider(2, 100, value=d.steps, step=1, label="steps (proxies take every other step)")
     for grid in (betas, gammas):
         grid.change(S.budget_bounds, [betas, gammas, budget], budget, api_visibility="private")
     return {"betas": betas, "gammas": gammas, "budget": budget, "steps": steps, **advanced_settings(d)}
@@ -78,8 +79,16 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
         with gr.Row():
             q = gr.Slider(1, 4, value=d.q, step=1, label="q (proposals per BO round)")
             kappa = gr.Slider(0.0, 5.0, value=d.kappa, step=0.1, label="κ (UCB exploration)")
-        seed = gr.Number(d.seed, precision=0, label="seed")
-    return {"q": q, "kappa": kappa, "seed": seed}
+        with gr.Row():
+            objective = gr.Dropdown(list(OBJECTIVES), value=d.objective, label="objective (what BO maximises)",
+                                    info="; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
+            novelty_weight = gr.Slider(0.0, 3.0, value=d.novelty_weight, step=0.05, label="w (kl_novelty)")
+        with gr.Row():
+            proxy_steps = gr.Number(d.proxy_steps, precision=0, minimum=0,
+                                    label="proxy steps (0: every other step; must divide steps)")
+            seed = gr.Number(d.seed, precision=0, label="seed")
+    return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
+            "proxy_steps": proxy_steps, "seed": seed}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

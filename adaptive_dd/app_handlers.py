@@ -49,12 +49,19 @@ PREVIEW_LIMIT = 200  # distilled images shown in the export tab's preview
 MAX_SWEEP_CELLS = 100
 DISPLAY_PX = 160  # a whole multiple of the bundled 16 px and UCI's 8 px; galleries show about 100-160 px
 POSTERIOR_VIEWS = ("mean", "std", "ucb")
-# Colour scale of each posterior view: the values at which Viridis' evenly spaced colours sit, the same in every
-# frame of every run so that frames compare. f = -KL <= 0; below -3 (KL of 3 nats) the teacher no longer sees the
-# seeds' class distribution, and the optimum lives near 0, so the colours are spread finely there. std and UCB
-# are in f's units.
-COLOUR_STOPS = {"mean": (-3.0, -1.0, -0.3, -0.1, -0.03, 0.0), "std": (0.0, 0.1, 0.25, 0.5, 1.0, 1.5),
-                "ucb": (-3.0, -1.0, -0.3, -0.1, 0.0, 0.5, 1.5)}
+# Colour scale of each objective's posterior views: the values at which Viridis' evenly spaced colours sit, the
+# same in every frame of every run so that frames compare. For f = -KL <= 0, below -3 (KL of 3 nats) the teacher
+# no longer sees the seeds' class distribution, and the optimum lives near 0, so the colours are spread finely
+# there; kl_novelty adds up to w = 1 for novelty; confidence is a probability gain at temperature 20 (a few %).
+# std and UCB are in f's units.
+COLOUR_STOPS = {
+    "kl": {"mean": (-3.0, -1.0, -0.3, -0.1, -0.03, 0.0), "std": (0.0, 0.1, 0.25, 0.5, 1.0, 1.5),
+           "ucb": (-3.0, -1.0, -0.3, -0.1, 0.0, 0.5, 1.5)},
+    "kl_novelty": {"mean": (-3.0, -1.0, -0.3, 0.0, 0.3, 0.6, 1.0), "std": (0.0, 0.1, 0.25, 0.5, 1.0, 1.5),
+                   "ucb": (-3.0, -1.0, -0.3, 0.0, 0.5, 1.0, 2.0)},
+    "confidence": {"mean": (-0.05, -0.02, -0.01, -0.003, 0.0, 0.01), "std": (0.0, 0.002, 0.005, 0.01, 0.02),
+                   "ucb": (-0.05, -0.02, -0.01, 0.0, 0.01, 0.03)},
+}
 GPU_SECONDS = 120
 SESSION_PREFIX = "adaptive_dd-app-"
 
@@ -175,6 +182,9 @@ class Settings:
     bandwidth: float
     q: int
     kappa: float
+    objective: str
+    novelty_weight: float
+    proxy_steps: int
     seed: int
 
     @classmethod
@@ -188,11 +198,12 @@ class Settings:
             return DistillConfig(
                 data=data, model=m.model_spec, teacher=m.teacher_specs.get(data), classes=classes, ipc=int(ipc),
                 m_seed=int(m_seed), seed=int(self.seed), device=m.device,
-                sampler=SamplerConfig(steps=int(self.steps)),
+                sampler=SamplerConfig(steps=int(self.steps), proxy_steps=int(self.proxy_steps) or None),
                 repulsion=RepulsionConfig(weight=float(self.lam),
                                           bandwidth=bandwidth_value(self.auto_bandwidth, self.bandwidth)),
                 bo=BOConfig(betas=parse_floats(self.betas, "β grid"), gammas=parse_floats(self.gammas, "γ grid"),
-                            budget=int(self.budget), kappa=float(self.kappa), q=int(self.q))).validate()
+                            budget=int(self.budget), kappa=float(self.kappa), q=int(self.q), objective=self.objective,
+                            novelty_weight=float(self.novelty_weight))).validate()
         except ConfigError as e:
             raise gr.Error(str(e)) from None
 
@@ -210,7 +221,8 @@ def default_settings() -> Settings:
     b, d = models().backend, DistillConfig()
     return Settings(betas=", ".join(f"{v:g}" for v in b.default_betas),
                     gammas=", ".join(f"{g:g}" for g in DEFAULT_GAMMAS), budget=d.bo.budget, steps=d.sampler.steps,
-                    lam=b.default_lambda, auto_bandwidth=True, bandwidth=1.0, q=d.bo.q, kappa=d.bo.kappa, seed=d.seed)
+                    lam=b.default_lambda, auto_bandwidth=True, bandwidth=1.0, q=d.bo.q, kappa=d.bo.kappa,
+                    objective=d.bo.objective, novelty_weight=d.bo.novelty_weight, proxy_steps=0, seed=d.seed)
 
 
 def lambda_max() -> float:
@@ -319,13 +331,13 @@ def edge_note(best: Observation | None, betas: tuple[float, ...], gammas: tuple[
 
 
 def heatmap(post: GridPosterior, observations: list[Observation], best: Observation | None, view: str,
-            budget: int) -> go.Figure:
+            budget: int, objective: str = "kl") -> go.Figure:
     """The posterior view over beta x gamma with numbered observations and the best one starred.
 
-    The colour scale is COLOUR_STOPS[view] in every frame, so a colour means the same value across a run.
+    The colour scale is COLOUR_STOPS[objective][view] in every frame, so a colour means the same value across a run.
     """
     z = np.asarray(getattr(post, view)).tolist()  # plain lists: plotly would otherwise send base64 typed arrays
-    stops = COLOUR_STOPS[view]
+    stops = COLOUR_STOPS[objective][view]
     zmin, zmax = stops[0], stops[-1]
     scale = [[(v - zmin) / (zmax - zmin), c] for v, c in zip(stops, sample_colorscale("Viridis", len(stops)))]
     xs, ys = [f"{g:g}" for g in post.gammas], [f"{b:g}" for b in post.betas]
@@ -513,7 +525,8 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
                        for item in gallery(ev.proxy_images[k], [f"#{o.step} β={o.beta:g} γ={o.gamma:g}"] * len(ids),
                                            folder)]
             last = ev.candidates[-1]
-            yield (heatmap(ev.posterior, ev.observations, ev.best, st.view, ev.budget), proxies, skip, skip,
+            yield (heatmap(ev.posterior, ev.observations, ev.best, st.view, ev.budget, config.bo.objective),
+                   proxies, skip, skip,
                    f"Evaluation {ev.evaluations}/{ev.budget}: β={last.beta:g}, γ={last.gamma:g}, f={last.f:.4f} · "
                    f"best so far β={ev.best.beta:g}, γ={ev.best.gamma:g}, f={ev.best.f:.4f}", st, skip, skip, skip)
         else:
@@ -548,7 +561,7 @@ def redraw(st: ExploreState | None, view: str):
     if st is None or st.posterior is None:
         return gr.skip()
     st.view = view
-    return heatmap(st.posterior, st.observations, st.best, view, st.budget)
+    return heatmap(st.posterior, st.observations, st.best, view, st.budget, st.config.bo.objective)
 
 
 def _require_batch(st: ExploreState | None) -> ExploreState:

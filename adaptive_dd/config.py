@@ -67,7 +67,8 @@ class RepulsionConfig:
 class BOConfig:
     """GP-UCB over betas x gammas; betas None means the backend's own grid.
 
-    objective names what a proxy is scored by (fidelity.OBJECTIVES); temperature None is the objective's own
+    objective names what a proxy is scored by (fidelity.OBJECTIVES; "kl" is the paper's eq. 5, the default won the
+    benchmark's validation stage); temperature None is the objective's own
     default (1 for the KL objectives, 20 for "confidence"); novelty_weight is w of "kl_novelty".
     """
 
@@ -77,7 +78,7 @@ class BOConfig:
     kappa: float = 2.0
     q: int = 1
     n_initial: int = 4
-    objective: str = "kl"
+    objective: str = "kl_novelty"  # chosen on the val split by benchmarks/run.py (validation.md)
     temperature: float | None = None
     novelty_weight: float = 1.0
 

@@ -13,7 +13,8 @@ gradio_client = pytest.importorskip("gradio_client")
 
 BUDGET = 3
 SETTINGS = {"betas": "0, 1, 2", "gammas": "0.5, 0.7, 1.0", "budget": BUDGET, "steps": 6, "lam": 1.0,
-            "auto_bandwidth": True, "bandwidth": 1.0, "q": 1, "kappa": 2.0, "seed": 7}
+            "auto_bandwidth": True, "bandwidth": 1.0, "q": 1, "kappa": 2.0, "objective": "kl",
+            "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7}
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +253,13 @@ def test_thirty_bo_runs_in_a_row_keep_memory_and_temp_files_flat(client):
           f"after the warm-up, {n} ({mb:.3f} MB) after 30 more runs, at most {peak}")
     assert grown < 100, f"RSS grew by {grown:.0f} MB over 30 BO runs"
     assert n0 > 0 and peak <= n0 + 3, "the session's folder grows with every run"  # 3 proxies per BO step
+
+
+def test_heatmap_colour_range_follows_the_objective():
+    from adaptive_dd.app_handlers import COLOUR_STOPS
+    from adaptive_dd.fidelity import OBJECTIVES
+
+    assert set(COLOUR_STOPS) == set(OBJECTIVES)
+    for stops in COLOUR_STOPS.values():
+        assert all(list(v) == sorted(v) and len(set(v)) == len(v) for v in stops.values())
+    assert COLOUR_STOPS["confidence"]["mean"][-1] < 0.1 < COLOUR_STOPS["kl_novelty"]["mean"][-1]

@@ -15,6 +15,9 @@ import pytest
 from conftest import APP_SESSION_DIRS
 from playwright.sync_api import Page, expect, sync_playwright
 
+from adaptive_dd.app_handlers import COLOUR_STOPS
+from adaptive_dd.config import DistillConfig
+
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A system browser: `playwright install` downloads its own, which needs a network this project does not assume.
@@ -67,7 +70,7 @@ def _small_settings(page: Page) -> None:
     _set(page, "β grid (CFG scale)", "0, 1, 2")
     _set(page, "γ grid (img2img strength, in (0, 1])", "0.5, 0.7, 1.0")
     _set(page, "BO budget", BUDGET)
-    _set(page, "steps (proxies use half)", 6)
+    _set(page, "steps (proxies take every other step)", 6)
 
 
 def _gallery(page: Page, label: str):
@@ -99,7 +102,8 @@ def test_explore_then_distill_and_download_in_the_browser(page: Page, tmp_path):
     expect(page.get_by_text("f_final")).to_be_visible()  # the readout of BatchDone: the final batch is drawn
     ranges = page.evaluate("() => { window.__watch.disconnect(); return window.__ranges; }")
     # Every frame the page drew (a fast run may draw only the last; test_app checks every streamed frame).
-    assert ranges and {(r["zmin"], r["zmax"]) for r in ranges} == {(-3, 0)}, ranges
+    stops = COLOUR_STOPS[DistillConfig().bo.objective]["mean"]
+    assert ranges and {(r["zmin"], r["zmax"]) for r in ranges} == {(stops[0], stops[-1])}, ranges
     final = _gallery(page, "final (β*, γ*, repulsion)")
     expect(final.locator("img")).to_have_count(4)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -165,7 +169,7 @@ def test_upload_needs_an_explicit_class_and_stop_says_so(page: Page, tmp_path):
     upload_class.click()
     page.get_by_role("option", name="7", exact=True).click()
     _set(page, "BO budget", 9)
-    _set(page, "steps (proxies use half)", 60)
+    _set(page, "steps (proxies take every other step)", 60)
     page.get_by_role("button", name="Run BO").click()
     expect(page.locator("#bo-heatmap .gtitle")).to_contain_text("/9 evaluations")
     page.get_by_role("button", name="Stop").click()

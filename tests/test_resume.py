@@ -388,18 +388,18 @@ def test_export_memory_stays_flat_in_the_number_of_classes(tmp_path):
 
 
 def test_a_write_that_fails_part_way_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
-    from adaptive_dd import export
+    from adaptive_dd.export import _write_atomic
 
     target = tmp_path / "0000.png"
 
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.os, "fsync", broken_fsync)
+    monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
-        export._write_atomic(target, b"x" * 4096)
+        _write_atomic(target, b"x" * 4096)
     assert not target.exists()
     monkeypatch.undo()
-    export._write_atomic(target, b"y" * 10)
+    _write_atomic(target, b"y" * 10)
     assert target.read_bytes() == b"y" * 10
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["0000.png"]
