@@ -205,14 +205,17 @@ def fidelity(seed_logits: torch.Tensor, generated_logits: torch.Tensor, temperat
 
 def novelty(seeds: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
     """How far each generation moved from its own seed in teacher features, in units of the seeds' spacing
-    (the median distance between two seeds of the batch; a lone seed uses its feature norm), capped at 1: an
-    image as far from its seed as another real image is as novel as the objective pays for."""
+    (the median distance between two seeds of the batch), capped at 1: an image as far from its seed as another
+    real image is as novel as the objective pays for.
+
+    A lone seed (IPC 1) has no spacing to measure against; any stand-in (its feature norm was tried) is far larger
+    than a real spacing, so the cap is never reached and the largest edit always wins. It scores 0 instead, which
+    makes kl_novelty plain kl for a batch of one."""
     seeds, generated = seeds.float(), generated.float()
-    if len(seeds) > 1:
-        d = torch.cdist(seeds, seeds)
-        spacing = d[~torch.eye(len(seeds), dtype=torch.bool)].median()
-    else:
-        spacing = seeds.norm(dim=1).mean()
+    if len(seeds) < 2:
+        return torch.zeros(len(generated))
+    d = torch.cdist(seeds, seeds)
+    spacing = d[~torch.eye(len(seeds), dtype=torch.bool)].median()
     return ((generated - seeds).norm(dim=1) / spacing.clamp_min(1e-8)).clamp(max=1.0)
 
 
@@ -220,7 +223,7 @@ OBJECTIVES = {
     "kl": "eq. 5: -KL(T(I) || T(G)) at a teacher temperature (default 1, the paper's)",
     "confidence": "the authors' released variant: mean p_T(c | G) - mean p_T(c | I) at temperature 20",
     "kl_novelty": "-KL(T(I) || T(G)) + w * novelty, novelty = feature distance to the own seed in units of the "
-                  "seeds' spacing, capped at 1",
+                  "seeds' spacing, capped at 1 (0 for a lone seed: plain kl at IPC 1)",
 }
 DEFAULT_TEMPERATURE = {"kl": 1.0, "confidence": 20.0, "kl_novelty": 1.0}
 

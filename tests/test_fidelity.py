@@ -115,6 +115,16 @@ def test_kl_rewards_a_copy_and_kl_novelty_does_not():
         Objective("kl")(seeds, far, 0) + 1.0)  # novelty is capped at one seed spacing
 
 
+def test_a_lone_seed_has_no_spacing_so_kl_novelty_is_plain_kl():
+    """IPC 1: with one seed there is no spacing to measure an edit against; a stand-in spacing (its feature norm)
+    never reaches the cap and always paid for the largest edit."""
+    from adaptive_dd.fidelity import Objective
+
+    seed = _view([[3.0, 0.0, 0.0]], [[1.0, 0.0]])
+    for gen in (_view([[2.9, 0.1, 0.0]], [[1.5, 0.2]]), _view([[0.5, 2.0, 0.0]], [[40.0, 9.0]])):
+        assert Objective("kl_novelty")(seed, gen, 0) == pytest.approx(Objective("kl")(seed, gen, 0), abs=0)
+
+
 @pytest.mark.parametrize("kw,match", [({"name": "mmd"}, "unknown objective 'mmd'"),
                                       ({"temperature": -1.0}, "temperature must be a positive number"),
                                       ({"novelty_weight": float("nan")}, "novelty weight must be >= 0")])
