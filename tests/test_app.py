@@ -14,7 +14,8 @@ gradio_client = pytest.importorskip("gradio_client")
 BUDGET = 3
 SETTINGS = {"betas": "0, 1, 2", "gammas": "0.5, 0.7, 1.0", "budget": BUDGET, "steps": 6, "lam": 1.0,
             "auto_bandwidth": True, "bandwidth": 1.0, "q": 1, "kappa": 2.0, "objective": "kl",
-            "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7}
+            "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7, "bo_mode": "paper", "bo_scope": "batch",
+            "proxy_seeds": 0, "early_stop": False, "freeze_after": 0}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from adaptive_dd.export import ExportError, export
 def _config(**kw):
     base = dict(data="uci-digits", classes=["0", "1", "2"], ipc=5, m_seed=3, seed=7,
                 sampler=SamplerConfig(steps=6), repulsion=RepulsionConfig(weight=1.0),
-                bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=1))
+                bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=1,
+                            mode="paper"))
     base.update(kw)
     return DistillConfig(**base)
 
@@ -150,7 +151,8 @@ def test_bad_settings_are_named(kw, match):
 
 
 def test_q_candidates_share_one_sampler_batch_and_match_single_runs(tiny_backend, tiny_teacher):
-    cfg = _config(bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, q=2))
+    cfg = _config(bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, q=2,
+                                  mode="paper"))
     d = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
     plan, _ = d.seed_plan("4")
     images = d.dataset.tensor(plan[0], 8, 1)
@@ -208,7 +210,7 @@ def test_final_images_are_made_at_the_best_observed_point_of_the_objective(tiny_
     from adaptive_dd.sampler import noise_seed
 
     cfg = _config(classes=["6"], ipc=3, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=5,
-                                                     objective=objective))
+                                                     objective=objective, mode="paper"))
     dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
     events = list(dist.run())
     done = next(e for e in events if isinstance(e, BatchDone))
