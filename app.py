@@ -97,16 +97,20 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
                                     label="proxy steps (0: the mode's; must divide steps)")
             proxy_seeds = gr.Number(d.proxy_seeds, precision=0, minimum=0,
                                     label="proxy seeds (0: all seeds of the batch)")
+            warm_budget = gr.Number(d.warm_budget, precision=0, minimum=0,
+                                    label="warm budget (evaluations when the GP starts from a prior; 0: the budget)")
         with gr.Row():
             early_stop = gr.Checkbox(d.early_stop, label="early stopping (no unevaluated UCB beats the best)")
             freeze_after = gr.Number(d.freeze_after, precision=0, minimum=0,
-                                     label="GP fits before the kernel is fixed (0: never)")
+                                     label="fix the GP kernel at this many points (0: never)")
             seed = gr.Number(d.seed, precision=0, label="seed")
-    bo_mode.change(S.on_bo_mode, bo_mode, [bo_scope, proxy_seeds, early_stop, freeze_after, proxy_steps],
+    bo_mode.change(S.on_bo_mode, bo_mode,
+                   [q, bo_scope, proxy_seeds, warm_budget, early_stop, freeze_after, proxy_steps],
                    api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
             "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
-            "proxy_seeds": proxy_seeds, "early_stop": early_stop, "freeze_after": freeze_after}
+            "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "early_stop": early_stop,
+            "freeze_after": freeze_after}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

@@ -189,6 +189,7 @@ class Settings:
     bo_mode: str
     bo_scope: str
     proxy_seeds: int
+    warm_budget: int
     early_stop: bool
     freeze_after: int
 
@@ -209,7 +210,8 @@ class Settings:
                 bo=BOConfig(betas=parse_floats(self.betas, "β grid"), gammas=parse_floats(self.gammas, "γ grid"),
                             budget=int(self.budget), kappa=float(self.kappa), q=int(self.q), objective=self.objective,
                             novelty_weight=float(self.novelty_weight), mode=self.bo_mode, scope=self.bo_scope,
-                            proxy_seeds=int(self.proxy_seeds), early_stop=bool(self.early_stop),
+                            proxy_seeds=int(self.proxy_seeds), warm_budget=int(self.warm_budget),
+                            early_stop=bool(self.early_stop),
                             freeze_after=int(self.freeze_after))).validate()
         except ConfigError as e:
             raise gr.Error(str(e)) from None
@@ -225,10 +227,10 @@ def bandwidth_value(auto: bool, value: float) -> float | str:
 
 def default_settings() -> Settings:
     """Initial control values: the backbone's beta grid and lambda, the engine's other defaults."""
-    b, d = models().backend, DistillConfig()
+    b, d = models().backend, DistillConfig().validate()
     return Settings(betas=", ".join(f"{v:g}" for v in b.default_betas),
                     gammas=", ".join(f"{g:g}" for g in DEFAULT_GAMMAS), budget=d.bo.budget, steps=d.sampler.steps,
-                    lam=b.default_lambda, auto_bandwidth=True, bandwidth=1.0, q=d.bo.q, kappa=d.bo.kappa,
+                    lam=b.default_lambda, auto_bandwidth=True, bandwidth=1.0, kappa=d.bo.kappa,
                     objective=d.bo.objective, novelty_weight=d.bo.novelty_weight, proxy_steps=0, seed=d.seed,
                     **mode_settings(d.bo.mode))
 
@@ -236,15 +238,16 @@ def default_settings() -> Settings:
 def mode_settings(mode: str) -> dict[str, Any]:
     """The Settings fields a BO mode presets (proxy_steps 0: the mode's own count)."""
     preset = BO_MODES[mode]
-    return {"bo_mode": mode, "bo_scope": preset["scope"], "proxy_seeds": preset["proxy_seeds"],
-            "early_stop": preset["early_stop"], "freeze_after": preset["freeze_after"]}
+    return {"q": preset["q"], "bo_mode": mode, "bo_scope": preset["scope"], "proxy_seeds": preset["proxy_seeds"],
+            "warm_budget": preset["warm_budget"], "early_stop": preset["early_stop"],
+            "freeze_after": preset["freeze_after"]}
 
 
 def on_bo_mode(mode: str):
     """Choosing a BO mode sets the controls it presets; each can still be changed after."""
     s = mode_settings(mode)
-    return (gr.update(value=s["bo_scope"]), gr.update(value=s["proxy_seeds"]), gr.update(value=s["early_stop"]),
-            gr.update(value=s["freeze_after"]), gr.update(value=0))
+    return (*(gr.update(value=s[k]) for k in ("q", "bo_scope", "proxy_seeds", "warm_budget", "early_stop",
+                                              "freeze_after")), gr.update(value=0))
 
 
 def lambda_max() -> float:

@@ -16,8 +16,10 @@ tends to sit on an edge, which a centred design never samples).
 
 Cheaper searches (issue 12): prior observations (earlier mini-batches' f, averaged per grid point) enter the GP
 but are not this batch's evaluations, so a point they cover can still be evaluated for the new seeds; with a prior
-the design is the prior's best point alone. should_stop() says when no unevaluated point's UCB beats the best
-observed. freeze_after fixes the kernel's hyper-parameters after that many fits (later fits only solve the GP).
+the design is the prior's n_initial best points (by posterior median), best first. should_stop() says when no unevaluated point's UCB beats the best
+observed. freeze_after fixes the kernel's hyper-parameters at the first fit to at least that many points (later
+fits only solve the GP): with a prior that is the first fit. A GP with a prior optimises its hyper-parameters
+from one start, not three: the prior's many points pin them down.
 """
 from __future__ import annotations
 
@@ -73,8 +75,8 @@ class GridPosterior:
 class GridBO:
     """Maximise f over betas x gammas: ask(q) proposes unevaluated grid points, tell() records their f.
 
-    prior: (beta, gamma, f) observed on other seeds (points off this grid are ignored); freeze_after: fits with
-    hyper-parameter optimisation before the kernel is fixed (0: optimise at every fit).
+    prior: (beta, gamma, f) observed on other seeds (points off this grid are ignored); freeze_after: the kernel's
+    hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit).
     """
 
     def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none",
@@ -95,11 +97,10 @@ class GridBO:
         self.observations: list[Observation] = []
         self._evaluated = np.zeros(len(self.indices), bool)
         self.freeze_after = int(freeze_after)
-        self.fits = 0
         self.kernel = None
         self.prior = self._prior(prior)
         self._model = self._fit([], []) if self.prior else None
-        self._design = [self._prior_best()] if self.prior else self._initial_design()
+        self._design = self._prior_best() if self.prior else self._initial_design()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,13 +129,17 @@ class GridBO:
         return [(self.betas[k // len(self.gammas)], self.gammas[k % len(self.gammas)], float(unwarp(v, self.warp)))
                 for k, v in self.prior.items()]
 
-    def _prior_best(self) -> int:
-        """The design with a prior: the point where the prior's posterior median is highest (exploit first)."""
+    def _prior_best(self) -> list[int]:
+        """The design with a prior: the n_initial points where the prior's posterior median is highest, best first
+        (exploit first: a q-batch evaluates the top q on the new seeds in one sampler call)."""
         mean, _ = self._predict(self._model)
-        return int(np.argmax(mean))
+        order = np.argsort(-mean, kind="stable")
+        return [int(p) for p in order[:min(self.n_initial, len(order))]]
 
-    def _fit(self, flat_idx: list[int], y: list[float]):
-        """The GP on this batch's points plus the prior's (a point observed here drops the prior's value)."""
+    def _fit(self, flat_idx: list[int], y: list[float], learn: bool = True):
+        """The GP on this batch's points plus the prior's (a point observed here drops the prior's value).
+
+        learn: may fix the kernel (not for the constant-liar fits of a q-batch, whose made-up values would)."""
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
         from skopt.learning import GaussianProcessRegressor
 
@@ -148,15 +153,13 @@ class GridBO:
             kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
                 length_scale=np.full(2, 0.5), length_scale_bounds=[(0.3, 2.0)] * 2, nu=2.5) \
                 + WhiteKernel(1e-3, (1e-6, 1e-2))
-            gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
+            gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0 if self.prior else 2,
                                           random_state=self.seed % 2**32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(x, target)
-        if self.kernel is None:
-            self.fits += 1
-            if self.freeze_after and self.fits >= self.freeze_after:
-                self.kernel = gp.kernel_
+        if learn and self.kernel is None and self.freeze_after and len(target) >= self.freeze_after:
+            self.kernel = gp.kernel_
         return gp
 
     def _predict(self, model) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +197,7 @@ class GridBO:
         lie_w = np.mean(warp(obs_f, self.warp)) if obs_f else np.mean(list(self.prior.values()) or [0.0])
         lie = float(unwarp(lie_w, self.warp))
         while len(picks) < q and not taken.all():
-            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks)) if picks else self._model
+            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks), learn=False) if picks else self._model
             mean, std = self._predict(model)
             ucb = np.where(taken, -np.inf, mean + self.kappa * std)
             best = np.flatnonzero(ucb >= ucb.max() - 1e-12)

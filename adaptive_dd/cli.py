@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ipc", type=int, default=cfg.ipc, help="images per class")
     d.add_argument("--m-seed", type=int, default=cfg.m_seed, help="seed images per mini-batch")
     d.add_argument("--budget", type=int, default=cfg.bo.budget, help="BO evaluations per mini-batch")
-    d.add_argument("--q", type=int, default=cfg.bo.q, help="BO proposals evaluated together per round")
+    d.add_argument("--q", type=int, help="BO proposals evaluated together per round, in one sampler call (default: "
+                   "the mode's)")
     d.add_argument("--kappa", type=float, default=cfg.bo.kappa, help="UCB exploration weight")
     d.add_argument("--betas", help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
     d.add_argument("--gammas", default=",".join(f"{g:g}" for g in cfg.bo.gammas),
@@ -63,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "the pilot's) (default: the mode's)")
     d.add_argument("--proxy-seeds", type=int, help="seeds each BO proxy runs on, the batch's first ones; 0: all "
                    "(default: the mode's)")
+    d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "
+                   "observations (see --bo-scope); 0: --budget (default: the mode's)")
     d.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
                    help="end BO once no unevaluated point's UCB beats the best observed (default: the mode's)")
-    d.add_argument("--freeze-after", type=int, help="GP fits before the kernel's hyper-parameters are fixed; 0: "
-                   "never (default: the mode's)")
+    d.add_argument("--freeze-after", type=int, help="fix the GP kernel's hyper-parameters at its first fit to at "
+                   "least this many points, a prior's included; 0: never (default: the mode's)")
     d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
                    "full sampler starts and take every (steps // proxy-steps)-th step (default: the mode's, every "
                    "other step in paper mode, a fifth of the steps in fast mode)")
@@ -150,7 +153,7 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
                     gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q,
                     n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
                     novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
-                    early_stop=a.early_stop, freeze_after=a.freeze_after),
+                    warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after),
     )
 
 

@@ -19,8 +19,10 @@ BO_SCOPES = ("batch", "class", "run")
 # benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"). proxy_stride None leaves
 # SamplerConfig.proxy_steps None: every other step of the final schedule.
 BO_MODES: dict[str, dict[str, object]] = {
-    "paper": {"scope": "batch", "proxy_seeds": 0, "early_stop": False, "freeze_after": 0, "proxy_stride": None},
-    "fast": {"scope": "run", "proxy_seeds": 4, "early_stop": True, "freeze_after": 2, "proxy_stride": 5},
+    "paper": {"q": 1, "scope": "batch", "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0,
+              "proxy_stride": None},
+    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4,
+             "proxy_stride": 5},
 }
 
 
@@ -86,17 +88,19 @@ class BOConfig:
     default (1 for the KL objectives, 20 for "confidence"); novelty_weight is w of "kl_novelty".
 
     mode names a preset (BO_MODES) for the cost settings left None, which DistillConfig.validate fills in, so the
-    manifest records every value: scope (which earlier observations seed a mini-batch's GP: none, the class's
-    earlier batches, or also those of the run's first class, the pilot), proxy_seeds (seeds each proxy runs on,
-    the batch's first ones; 0: all), early_stop (stop when no unevaluated point's UCB beats the best observed) and
-    freeze_after (GP fits before the kernel's hyper-parameters are fixed; 0: never).
+    manifest records every value: q (candidates per round, evaluated in one sampler call), scope (which earlier
+    observations seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class,
+    the pilot), proxy_seeds (seeds each proxy runs on, the batch's first ones; 0: all), warm_budget (evaluations of
+    a batch whose GP starts from a prior; 0: the budget), early_stop (stop when no unevaluated point's UCB beats
+    the best observed) and freeze_after (the kernel's hyper-parameters are fixed at the first GP fit to at least
+    that many points, the prior's included; 0: never).
     """
 
     betas: tuple[float, ...] | None = None
     gammas: tuple[float, ...] = DEFAULT_GAMMAS
     budget: int = 8
     kappa: float = 2.0
-    q: int = 1
+    q: int | None = None
     n_initial: int = 4
     objective: str = "kl_novelty"  # chosen on the val split by benchmarks/run.py (validation.md)
     temperature: float | None = None
@@ -104,6 +108,7 @@ class BOConfig:
     mode: str = "fast"
     scope: str | None = None
     proxy_seeds: int | None = None
+    warm_budget: int | None = None
     early_stop: bool | None = None
     freeze_after: int | None = None
 
@@ -137,17 +142,20 @@ class BOConfig:
             raise ConfigError(f"gamma (img2img strength) must be in (0, 1], got {bad[0]}")
         if self.budget < 1:
             raise ConfigError(f"BO budget must be >= 1, got {self.budget}")
-        if self.q < 1:
-            raise ConfigError(f"q must be >= 1, got {self.q}")
         if self.kappa < 0:
             raise ConfigError(f"kappa must be >= 0, got {self.kappa}")
         self.resolve()
+        if self.q < 1:
+            raise ConfigError(f"q must be >= 1, got {self.q}")
         if self.scope not in BO_SCOPES:
             raise ConfigError(f"BO scope must be one of {', '.join(BO_SCOPES)}, got {self.scope!r}")
         if self.proxy_seeds < 0:
             raise ConfigError(f"proxy seeds must be >= 0 (0: all seeds of the batch), got {self.proxy_seeds}")
+        if self.warm_budget < 0:
+            raise ConfigError(f"warm budget (evaluations of a warm-started batch) must be >= 0 (0: the budget), "
+                              f"got {self.warm_budget}")
         if self.freeze_after < 0:
-            raise ConfigError(f"freeze_after (GP fits before the kernel is fixed) must be >= 0, "
+            raise ConfigError(f"freeze_after (points the GP is fitted to before its kernel is fixed) must be >= 0, "
                               f"got {self.freeze_after}")
         if len(set(self.gammas)) != len(self.gammas) or (self.betas and len(set(self.betas)) != len(self.betas)):
             raise ConfigError("grid values must be distinct")

@@ -251,8 +251,9 @@ class Distiller:
                prior: Sequence[tuple[float, float, float]] = ()) -> Generator[BOStep, None, GridBO]:
         """BO over the grid for one mini-batch (Algorithm 1, lines 6-13): a BOStep per round; returns the GridBO.
 
-        prior: (beta, gamma, f) from earlier mini-batches (the scope's), seeding the GP. Proxies run on the batch's
-        first bo.proxy_seeds seeds (0: all); with bo.early_stop the search ends once no unevaluated point's UCB
+        prior: (beta, gamma, f) from earlier mini-batches (the scope's), seeding the GP; with one, the search has
+        bo.warm_budget evaluations (0: bo.budget). Proxies run on the batch's first bo.proxy_seeds seeds (0: all);
+        with bo.early_stop the search ends once no unevaluated point's UCB
         beats the best observed.
         """
         cfg = self.config
@@ -265,7 +266,8 @@ class Distiller:
                     seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp, prior=prior,
                     freeze_after=cfg.bo.freeze_after)
         grid_size = len(self.betas) * len(cfg.bo.gammas)
-        budget = 0 if grid_size == 1 else min(cfg.bo.budget, grid_size)  # a one-point grid leaves nothing to choose
+        budget = cfg.bo.warm_budget if bo.prior and cfg.bo.warm_budget else cfg.bo.budget
+        budget = 0 if grid_size == 1 else min(budget, grid_size)  # a one-point grid leaves nothing to choose
         while len(bo.observations) < budget and not (cfg.bo.early_stop and bo.observations and bo.should_stop()):
             points = bo.ask(min(cfg.bo.q, budget - len(bo.observations)))
             b = [bo.betas[i] for i, _ in points]

@@ -11,6 +11,9 @@ the BO share of sampling time (what the CLI's summary line prints), seconds per 
 the chosen (beta*, gamma*) and the objective on the final images. The app path: one Explore run (Distiller.run_batch
 on one class's m_seed seeds, BO and final pass, as app_handlers.run_bo calls it) in paper and default mode,
 alternated, the ratio of their medians. Writes benchmarks/results/bo_cost.json and bo_cost.md.
+
+--validate MODES: also distil all 10 classes at IPC 10 in each of those modes and score students (both architectures,
+--val-seeds) on uci-digits' val split (never the test split): what the fast mode's settings were chosen by.
 """
 from __future__ import annotations
 
@@ -41,12 +44,19 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "proxy_steps_10": ("paper + 10 proxy steps", PAPER, 10),
     "proxy_seeds_4": ("paper + proxies on 4 of the 10 seeds", {**PAPER, "proxy_seeds": 4}, None),
     "q_4": ("paper + q = 4 candidates per round", {**PAPER, "q": 4}, None),
-    "freeze_2": ("paper + kernel fixed after 2 fits", {**PAPER, "freeze_after": 2}, None),
+    "freeze_4": ("paper + kernel fixed at 4 points", {**PAPER, "freeze_after": 4}, None),
     "early_stop": ("paper + early stopping", {**PAPER, "early_stop": True}, None),
-    "scope_class": ("paper + class-scope warm start", {**PAPER, "scope": "class"}, None),
-    "scope_run": ("paper + run-scope warm start", {**PAPER, "scope": "run"}, None),
+    "scope_class": ("paper + class-scope warm start, 2 evaluations when warm",
+                    {**PAPER, "scope": "class", "warm_budget": 2}, None),
+    "scope_run": ("paper + run-scope warm start, 2 evaluations when warm", {**PAPER, "scope": "run", "warm_budget": 2},
+                  None),
     "fast": ("default (fast mode)", {}, None),
+    "fast_proxy_seeds_2": ("default with proxies on 2 seeds", {"proxy_seeds": 2}, None),
+    "fast_proxy_seeds_all": ("default with proxies on all seeds", {"proxy_seeds": 0}, None),
+    "fast_warm_1": ("default with 1 evaluation when warm", {"warm_budget": 1}, None),
+    "fast_warm_2": ("default with 2 evaluations when warm", {"warm_budget": 2}, None),
 }
+SIDE_BY_SIDE = [m for m in MODES if not m.startswith("fast_")]  # the variants of fast are for --validate
 
 
 def config(mode: str, classes: list[str], ipc: int) -> DistillConfig:
@@ -99,6 +109,27 @@ def app_speed(models: tuple, classes: list[str], repeats: int) -> dict:
             "speedup": paper / fast}
 
 
+def validate(modes: list[str], seeds: list[int]) -> dict[str, dict]:
+    """Val accuracy of students trained on each mode's IPC 10 set of all classes (benchmarks/run.py's students)."""
+    from run import StudentConfig, _init_student_worker, _slim, _student_job, generate
+
+    scfg = StudentConfig(seeds=tuple(seeds))
+    _init_student_worker()
+    out = {}
+    for m in modes:
+        run = generate(config(m, [str(c) for c in range(10)], 10))
+        acc = {arch: [_student_job("unaligned", _slim(run), arch, seed, scfg, "val") for seed in seeds]
+               for arch in scfg.archs}
+        out[m] = {"val_accuracy": acc, "mean": float(np.mean([v for a in acc.values() for v in a])),
+                  "seconds_per_image": run["seconds"] / run["n_images"],
+                  "bo_share": run["seconds_bo"] / (run["seconds_bo"] + run["seconds_final"]),
+                  "points": sorted({(b["beta"], b["gamma"]) for b in run["batches"]})}
+        print(f"val {m:<15} mean val accuracy {100 * out[m]['mean']:.2f} "
+              f"({', '.join(f'{a} {100 * np.mean(v):.2f}' for a, v in acc.items())}), "
+              f"{out[m]['seconds_per_image']:.3f} s/image, BO {100 * out[m]['bo_share']:.0f}%", flush=True)
+    return out
+
+
 def write_md(result: dict, path: Path) -> str:
     lines = [f"BO cost per mode, uci-digits with the bundled models, classes {', '.join(result['classes'])}, "
              f"m_seed 10, 50 steps, {result['machine']} (one run, modes interleaved class by class).", "",
@@ -113,8 +144,17 @@ def write_md(result: dict, path: Path) -> str:
     a = result.get("app")
     if a:
         lines += ["", f"App (one Explore run on one class, BO + final pass, m_seed 10, median of "
-                      f"{len(a['seconds']['paper'])}): paper {a['median_paper']:.2f} s, default {a['median_fast']:.2f} s,"
-                      f" **{a['speedup']:.2f}x** faster."]
+                      f"{len(a['seconds']['paper'])}): paper {a['median_paper']:.2f} s, default "
+                      f"{a['median_fast']:.2f} s, **{a['speedup']:.2f}x** faster."]
+    v = result.get("validation")
+    if v:
+        lines += ["", "Validation (all 10 classes, IPC 10, students on uci-digits' val split, seeds "
+                      f"{result['val_seeds']}):", "", "| mode | mean val accuracy | per student | s/image | BO share |",
+                  "|---|---|---|---|---|"]
+        for m, r in v.items():
+            per = ", ".join(f"{a} {100 * np.mean(x):.2f}" for a, x in r["val_accuracy"].items())
+            lines.append(f"| {m} | {100 * r['mean']:.2f} | {per} | {r['seconds_per_image']:.3f} | "
+                         f"{100 * r['bo_share']:.0f}% |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -125,15 +165,17 @@ def main() -> None:
     p.add_argument("--classes", default="3,1,9")
     p.add_argument("--all-classes", action="store_true", help="all 10 classes (about 3x the time)")
     p.add_argument("--ipcs", default="10,50")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from: " + ", ".join(MODES))
+    p.add_argument("--modes", default=",".join(SIDE_BY_SIDE), help="comma-separated, from: " + ", ".join(MODES))
     p.add_argument("--app-repeats", type=int, default=2, help="Explore runs per class and mode (0: skip)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--validate", default="", help="comma-separated modes to score on the val split (default: none)")
+    p.add_argument("--val-seeds", default="0,1", help="student seeds of --validate")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     classes = [str(c) for c in range(10)] if a.all_classes else a.classes.split(",")
     modes = a.modes.split(",")
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes + a.validate.split(",") if m and m not in MODES]
     if unknown:
         p.error(f"unknown mode {unknown[0]!r}")
     cfg = DistillConfig(data="uci-digits")
@@ -142,16 +184,19 @@ def main() -> None:
     result: dict = {"classes": classes, "machine": f"{platform.machine()}, {a.threads} torch thread(s)",
                     "command": "python benchmarks/bo_cost.py " + " ".join(sys.argv[1:]), "ipc": {}}
     t0 = time.time()
-    for ipc in (int(i) for i in a.ipcs.split(",")):
+    for ipc in (int(i) for i in a.ipcs.split(",") if i):
         result["ipc"][str(ipc)] = distill_side_by_side(models, classes, ipc, modes)
         for m, r in result["ipc"][str(ipc)].items():
             print(f"[{time.time() - t0:5.0f} s] IPC {ipc} {m:<15} BO {100 * r['bo_share']:3.0f}% of sampling time, "
                   f"{r['seconds_per_image']:.3f} s/image, {r['evaluations_per_batch']:.1f} evaluations/batch, "
                   f"f_final {r['f_final_mean']:.3f}", flush=True)
-    if a.app_repeats:
+    if a.app_repeats and a.ipcs:
         result["app"] = app_speed(models, classes, a.app_repeats)
         print(f"[{time.time() - t0:5.0f} s] app: paper {result['app']['median_paper']:.2f} s, default "
               f"{result['app']['median_fast']:.2f} s per Explore run: {result['app']['speedup']:.2f}x", flush=True)
+    if a.validate:
+        result["val_seeds"] = [int(x) for x in a.val_seeds.split(",")]
+        result["validation"] = validate(a.validate.split(","), result["val_seeds"])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bo_cost.json").write_text(json.dumps(result, indent=1))
     print(write_md(result, a.out / "bo_cost.md"))
