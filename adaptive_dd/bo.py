@@ -16,10 +16,10 @@ tends to sit on an edge, which a centred design never samples).
 
 Cheaper searches (issue 12): prior observations (earlier mini-batches' f, averaged per grid point) enter the GP
 but are not this batch's evaluations, so a point they cover can still be evaluated for the new seeds; with a prior
-the design is the prior's n_initial best points (by posterior median), best first. should_stop() says when no unevaluated point's UCB beats the best
-observed. freeze_after fixes the kernel's hyper-parameters at the first fit to at least that many points (later
-fits only solve the GP): with a prior that is the first fit. A GP with a prior optimises its hyper-parameters
-from one start, not three: the prior's many points pin them down.
+the design is the prior's n_initial best points (by posterior median), best first. should_stop() says when no
+unevaluated point's UCB beats the best observed. freeze_after fixes the kernel's hyper-parameters at the first
+fit to at least that many points (later fits only solve the GP): with a prior that is the first fit. A GP with a
+prior optimises its hyper-parameters from one start, not three: the prior's many points pin them down.
 """
 from __future__ import annotations
 

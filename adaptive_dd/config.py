@@ -21,7 +21,7 @@ BO_SCOPES = ("batch", "class", "run")
 BO_MODES: dict[str, dict[str, object]] = {
     "paper": {"q": 1, "scope": "batch", "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0,
               "proxy_stride": None},
-    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4,
+    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 1, "early_stop": True, "freeze_after": 4,
              "proxy_stride": 5},
 }
 

@@ -1,13 +1,19 @@
 """Algorithm 1 as a stream of typed events.
 
 For every class: draw mini-batches of seeds (without replacement), run GP-UCB over beta x gamma on proxy
-generations that take every other step of the final schedule (a BOStep event after every round), each scored by
+generations that take a share of the steps of the final schedule (a BOStep event after every round), each scored by
 the configured objective (eq. 5 by default), regenerate the seeds at the best OBSERVED (beta*, gamma*) with the
 full sampler and repulsion (BatchDone), until the class has exactly IPC images (ClassDone); RunDone closes the
 stream. The CLI, the app and the benchmarks consume this stream.
 
+The BO mode sets what the search costs (config.BO_MODES): "paper" is Algorithm 1 as written (a fresh GP per
+mini-batch, all seeds, every other step); "fast" warm-starts each mini-batch's GP from the finished batches of its
+class and of the run's first class (the pilot), runs proxies on a few seeds and fewer steps, and spends a small
+budget where a prior exists.
+
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
-so classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
+and a warm start's prior comes from finished batches only (a process without the pilot's searches them itself), so
+classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
 """
 from __future__ import annotations
 

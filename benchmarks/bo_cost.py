@@ -46,14 +46,13 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "q_4": ("paper + q = 4 candidates per round", {**PAPER, "q": 4}, None),
     "freeze_4": ("paper + kernel fixed at 4 points", {**PAPER, "freeze_after": 4}, None),
     "early_stop": ("paper + early stopping", {**PAPER, "early_stop": True}, None),
-    "scope_class": ("paper + class-scope warm start, 2 evaluations when warm",
-                    {**PAPER, "scope": "class", "warm_budget": 2}, None),
-    "scope_run": ("paper + run-scope warm start, 2 evaluations when warm", {**PAPER, "scope": "run", "warm_budget": 2},
+    "scope_class": ("paper + class-scope warm start, 1 evaluation when warm",
+                    {**PAPER, "scope": "class", "warm_budget": 1}, None),
+    "scope_run": ("paper + run-scope warm start, 1 evaluation when warm", {**PAPER, "scope": "run", "warm_budget": 1},
                   None),
     "fast": ("default (fast mode)", {}, None),
     "fast_proxy_seeds_2": ("default with proxies on 2 seeds", {"proxy_seeds": 2}, None),
     "fast_proxy_seeds_all": ("default with proxies on all seeds", {"proxy_seeds": 0}, None),
-    "fast_warm_1": ("default with 1 evaluation when warm", {"warm_budget": 1}, None),
     "fast_warm_2": ("default with 2 evaluations when warm", {"warm_budget": 2}, None),
 }
 SIDE_BY_SIDE = [m for m in MODES if not m.startswith("fast_")]  # the variants of fast are for --validate
