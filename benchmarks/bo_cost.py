@@ -130,10 +130,11 @@ def validate(modes: list[str], seeds: list[int]) -> dict[str, dict]:
 
 
 def write_md(result: dict, path: Path) -> str:
-    lines = [f"BO cost per mode, uci-digits with the bundled models, classes {', '.join(result['classes'])}, "
-             f"m_seed 10, 50 steps, {result['machine']} (one run, modes interleaved class by class).", "",
-             "| IPC | mode | BO share of sampling time | s/image | BO evaluations per batch | (beta*, gamma*) chosen "
-             "| mean f on final images |", "|---|---|---|---|---|---|---|"]
+    lines = [f"`{result['command']}`: uci-digits with the bundled models, m_seed 10, 50 steps, {result['machine']}."]
+    if result["ipc"]:
+        lines += ["", f"BO cost per mode, classes {', '.join(result['classes'])} (one run, modes interleaved class by "
+                      "class):", "", "| IPC | mode | BO share of sampling time | s/image | BO evaluations per batch | "
+                      "(beta*, gamma*) chosen | mean f on final images |", "|---|---|---|---|---|---|---|"]
     for ipc, modes in result["ipc"].items():
         for m, r in modes.items():
             points = sorted({(b["beta"], b["gamma"]) for b in r["batches"]})

@@ -324,7 +324,8 @@ def write_tables(results: dict, ipcs: list[int], archs: tuple[str, ...], out: Pa
             for m, (label, *_) in METHODS.items():
                 c = results[s][str(i)][m].get("cost")
                 if c:
-                    mode = results[s][str(i)][m]["config"]["bo"]["mode"]
+                    bo = results[s][str(i)][m]["config"]["bo"]
+                    mode = "— (one point)" if len(bo["betas"] or ()) == 1 and len(bo["gammas"]) == 1 else bo["mode"]
                     t5.append(f"| {s} | {i} | {label} | {mode} | {c['seconds_per_image']:.3f} | "
                               f"{100 * c['bo_share']:.0f}% | "
                               f"{c['peak_rss_mb']:.0f} | {max(0.0, c['peak_rss_mb'] - c['rss_after_load_mb']):.0f} |")
