@@ -184,7 +184,7 @@ class GridBO:
     def ask(self, q: int = 1) -> list[tuple[int, int]]:
         """Up to q distinct unevaluated grid points (fewer when the grid runs out).
 
-        The first points come from the design (the Latin design, or the prior's best point); after that each pick
+        The first points come from the design (the Latin design, or the prior's best points); after that each pick
         maximises UCB over the grid with evaluated and already-picked points masked, refitting with a constant
         liar (the mean of the observations, else of the prior) for each pick after the first.
         """
