@@ -21,6 +21,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
+from adaptive_dd.config import BO_MODES, BO_SCOPES  # noqa: E402
 from adaptive_dd.fidelity import OBJECTIVES  # noqa: E402
 from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
@@ -67,7 +68,7 @@ def settings_controls(d: S.Settings) -> dict[str, gr.components.Component]:
             n = S.grid_size(d.betas, d.gammas) or 2
             budget = gr.Slider(1, max(n, 2), value=min(d.budget, n), step=1, label="BO budget",
                                info="at most the grid's size")
-            steps = gr.Slider(2, 100, value=d.steps, step=1, label="steps (proxies take every other step)")
+            steps = gr.Slider(2, 100, value=d.steps, step=1, label="steps (BO proxies take a share: see proxy steps)")
     for grid in (betas, gammas):
         grid.change(S.budget_bounds, [betas, gammas, budget], budget, api_visibility="private")
     return {"betas": betas, "gammas": gammas, "budget": budget, "steps": steps, **advanced_settings(d)}
@@ -84,11 +85,32 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
                                     info="; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
             novelty_weight = gr.Slider(0.0, 3.0, value=d.novelty_weight, step=0.05, label="w (kl_novelty)")
         with gr.Row():
+            bo_mode = gr.Dropdown(list(BO_MODES), value=d.bo_mode, label="BO mode",
+                                  info="paper: Algorithm 1 as written (a fresh 8-evaluation search per mini-batch); "
+                                       "fast: the cheaper search (warm start, proxy subsets, fewer proxy steps, "
+                                       "early stopping, fixed kernel); sets the controls below")
+            bo_scope = gr.Dropdown(list(BO_SCOPES), value=d.bo_scope, label="BO scope (what seeds the GP)",
+                                   info="batch: nothing; class: the class's earlier mini-batches; run: also the "
+                                        "first class's")
+        with gr.Row():
             proxy_steps = gr.Number(d.proxy_steps, precision=0, minimum=0,
-                                    label="proxy steps (0: every other step; must divide steps)")
+                                    label="proxy steps (0: the mode's; must divide steps)")
+            proxy_seeds = gr.Number(d.proxy_seeds, precision=0, minimum=0,
+                                    label="proxy seeds (0: all seeds of the batch)")
+            warm_budget = gr.Number(d.warm_budget, precision=0, minimum=0,
+                                    label="warm budget (evaluations when the GP starts from a prior; 0: the budget)")
+        with gr.Row():
+            early_stop = gr.Checkbox(d.early_stop, label="early stopping (no unevaluated UCB beats the best)")
+            freeze_after = gr.Number(d.freeze_after, precision=0, minimum=0,
+                                     label="fix the GP kernel at this many points (0: never)")
             seed = gr.Number(d.seed, precision=0, label="seed")
+    bo_mode.change(S.on_bo_mode, bo_mode,
+                   [q, bo_scope, proxy_seeds, warm_budget, early_stop, freeze_after, proxy_steps],
+                   api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
-            "proxy_steps": proxy_steps, "seed": seed}
+            "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
+            "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "early_stop": early_stop,
+            "freeze_after": freeze_after}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

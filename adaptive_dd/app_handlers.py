@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from . import Backend, BatchDone, BOStep, ClassDone, ConfigError, DistillConfig, Distiller, ExportError, \
     ModelLoadError, Regenerated, RunDone, Teacher, create_backend, export, load_teacher
 from .bo import GridPosterior, Observation
-from .config import DEFAULT_GAMMAS, BOConfig, RepulsionConfig, SamplerConfig
+from .config import BO_MODES, DEFAULT_GAMMAS, BOConfig, RepulsionConfig, SamplerConfig
 from .data import BUILTIN_DATASETS, DataError, ImageDataset, load_dataset, open_image, to_pil, to_tensor
 from .distill import Event, seed_plan
 from .options import parse_bandwidth, parse_floats
@@ -186,6 +186,12 @@ class Settings:
     novelty_weight: float
     proxy_steps: int
     seed: int
+    bo_mode: str
+    bo_scope: str
+    proxy_seeds: int
+    warm_budget: int
+    early_stop: bool
+    freeze_after: int
 
     @classmethod
     def names(cls) -> list[str]:
@@ -203,7 +209,10 @@ class Settings:
                                           bandwidth=bandwidth_value(self.auto_bandwidth, self.bandwidth)),
                 bo=BOConfig(betas=parse_floats(self.betas, "β grid"), gammas=parse_floats(self.gammas, "γ grid"),
                             budget=int(self.budget), kappa=float(self.kappa), q=int(self.q), objective=self.objective,
-                            novelty_weight=float(self.novelty_weight))).validate()
+                            novelty_weight=float(self.novelty_weight), mode=self.bo_mode, scope=self.bo_scope,
+                            proxy_seeds=int(self.proxy_seeds), warm_budget=int(self.warm_budget),
+                            early_stop=bool(self.early_stop),
+                            freeze_after=int(self.freeze_after))).validate()
         except ConfigError as e:
             raise gr.Error(str(e)) from None
 
@@ -218,11 +227,27 @@ def bandwidth_value(auto: bool, value: float) -> float | str:
 
 def default_settings() -> Settings:
     """Initial control values: the backbone's beta grid and lambda, the engine's other defaults."""
-    b, d = models().backend, DistillConfig()
+    b, d = models().backend, DistillConfig().validate()
     return Settings(betas=", ".join(f"{v:g}" for v in b.default_betas),
                     gammas=", ".join(f"{g:g}" for g in DEFAULT_GAMMAS), budget=d.bo.budget, steps=d.sampler.steps,
-                    lam=b.default_lambda, auto_bandwidth=True, bandwidth=1.0, q=d.bo.q, kappa=d.bo.kappa,
-                    objective=d.bo.objective, novelty_weight=d.bo.novelty_weight, proxy_steps=0, seed=d.seed)
+                    lam=b.default_lambda, auto_bandwidth=True, bandwidth=1.0, kappa=d.bo.kappa,
+                    objective=d.bo.objective, novelty_weight=d.bo.novelty_weight, proxy_steps=0, seed=d.seed,
+                    **mode_settings(d.bo.mode))
+
+
+def mode_settings(mode: str) -> dict[str, Any]:
+    """The Settings fields a BO mode presets (proxy_steps 0: the mode's own count)."""
+    preset = BO_MODES[mode]
+    return {"q": preset["q"], "bo_mode": mode, "bo_scope": preset["scope"], "proxy_seeds": preset["proxy_seeds"],
+            "warm_budget": preset["warm_budget"], "early_stop": preset["early_stop"],
+            "freeze_after": preset["freeze_after"]}
+
+
+def on_bo_mode(mode: str):
+    """Choosing a BO mode sets the controls it presets; each can still be changed after."""
+    s = mode_settings(mode)
+    return (*(gr.update(value=s[k]) for k in ("q", "bo_scope", "proxy_seeds", "warm_budget", "early_stop",
+                                              "freeze_after")), gr.update(value=0))
 
 
 def lambda_max() -> float:

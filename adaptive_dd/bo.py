@@ -13,10 +13,18 @@ differences are small next to its range) and its posterior is mapped back throug
 quantiles: the reported mean is the posterior median and UCB the same quantile, both in f's own units.
 The initial design is a Latin hypercube that includes both ends of each axis (the optimum of these surfaces
 tends to sit on an edge, which a centred design never samples).
+
+Cheaper searches (issue 12): prior observations (earlier mini-batches' f, averaged per grid point) enter the GP
+but are not this batch's evaluations, so a point they cover can still be evaluated for the new seeds; with a prior
+the design is the prior's n_initial best points (by posterior median), best first. should_stop() says when no
+unevaluated point's UCB beats the best observed. freeze_after fixes the kernel's hyper-parameters at the first
+fit to at least that many points (later fits only solve the GP): with a prior that is the first fit. A GP with a
+prior optimises its hyper-parameters from one start, not three: the prior's many points pin them down.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +73,14 @@ class GridPosterior:
 
 
 class GridBO:
-    """Maximise f over betas x gammas: ask(q) proposes unevaluated grid points, tell() records their f."""
+    """Maximise f over betas x gammas: ask(q) proposes unevaluated grid points, tell() records their f.
 
-    def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none"):
+    prior: (beta, gamma, f) observed on other seeds (points off this grid are ignored); freeze_after: the kernel's
+    hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit).
+    """
+
+    def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none",
+                 prior: Sequence[tuple[float, float, float]] = (), freeze_after: int = 0):
         self.betas = tuple(float(b) for b in betas)
         self.gammas = tuple(float(g) for g in gammas)
         self.kappa = float(kappa)
@@ -83,8 +96,11 @@ class GridBO:
         self.coords = np.stack([ii.ravel() / max(nb - 1, 1), jj.ravel() / max(ng - 1, 1)], 1)
         self.observations: list[Observation] = []
         self._evaluated = np.zeros(len(self.indices), bool)
-        self._model = None
-        self._design = self._initial_design()
+        self.freeze_after = int(freeze_after)
+        self.kernel = None
+        self.prior = self._prior(prior)
+        self._model = self._fit([], []) if self.prior else None
+        self._design = self._prior_best() if self.prior else self._initial_design()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -97,17 +113,53 @@ class GridBO:
     def _flat(self, index: tuple[int, int]) -> int:
         return int(index[0]) * len(self.gammas) + int(index[1])
 
-    def _fit(self, flat_idx: list[int], y: list[float]):
+    def _prior(self, prior: Sequence[tuple[float, float, float]]) -> dict[int, float]:
+        """Flat grid index -> mean warped f of the prior observations at that point."""
+        sums: dict[int, list[float]] = {}
+        for beta, gamma, f in prior:
+            i = np.flatnonzero(np.isclose(self.betas, beta, rtol=0, atol=1e-9))
+            j = np.flatnonzero(np.isclose(self.gammas, gamma, rtol=0, atol=1e-9))
+            if len(i) and len(j) and np.isfinite(f):
+                sums.setdefault(self._flat((i[0], j[0])), []).append(float(warp(f, self.warp)))
+        return {k: float(np.mean(v)) for k, v in sorted(sums.items())}
+
+    @property
+    def prior_points(self) -> list[tuple[float, float, float]]:
+        """The prior as (beta, gamma, mean f) per grid point, in f's units (what the app marks as prior)."""
+        return [(self.betas[k // len(self.gammas)], self.gammas[k % len(self.gammas)], float(unwarp(v, self.warp)))
+                for k, v in self.prior.items()]
+
+    def _prior_best(self) -> list[int]:
+        """The design with a prior: the n_initial points where the prior's posterior median is highest, best first
+        (exploit first: a q-batch evaluates the top q on the new seeds in one sampler call)."""
+        mean, _ = self._predict(self._model)
+        order = np.argsort(-mean, kind="stable")
+        return [int(p) for p in order[:min(self.n_initial, len(order))]]
+
+    def _fit(self, flat_idx: list[int], y: list[float], learn: bool = True):
+        """The GP on this batch's points plus the prior's (a point observed here drops the prior's value).
+
+        learn: may fix the kernel (not for the constant-liar fits of a q-batch, whose made-up values would)."""
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
         from skopt.learning import GaussianProcessRegressor
 
-        kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
-            length_scale=np.full(2, 0.5), length_scale_bounds=[(0.3, 2.0)] * 2, nu=2.5) + WhiteKernel(1e-3, (1e-6, 1e-2))
-        gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
-                                      random_state=self.seed % 2**32)
+        own = set(flat_idx)
+        extra = [k for k in self.prior if k not in own]
+        x = self.coords[list(flat_idx) + extra]
+        target = np.concatenate([warp(y, self.warp), [self.prior[k] for k in extra]])
+        if self.kernel is not None:
+            gp = GaussianProcessRegressor(kernel=self.kernel, normalize_y=True, optimizer=None)
+        else:
+            kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+                length_scale=np.full(2, 0.5), length_scale_bounds=[(0.3, 2.0)] * 2, nu=2.5) \
+                + WhiteKernel(1e-3, (1e-6, 1e-2))
+            gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0 if self.prior else 2,
+                                          random_state=self.seed % 2**32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            gp.fit(self.coords[flat_idx], warp(y, self.warp))
+            gp.fit(x, target)
+        if learn and self.kernel is None and self.freeze_after and len(target) >= self.freeze_after:
+            self.kernel = gp.kernel_
         return gp
 
     def _predict(self, model) -> tuple[np.ndarray, np.ndarray]:
@@ -132,18 +184,20 @@ class GridBO:
     def ask(self, q: int = 1) -> list[tuple[int, int]]:
         """Up to q distinct unevaluated grid points (fewer when the grid runs out).
 
-        The first n_initial points come from the Latin design; after that each pick maximises UCB over the
-        grid with evaluated and already-picked points masked, refitting with a constant liar (the mean of
-        the observations) for each pick after the first.
+        The first points come from the design (the Latin design, or the prior's best points); after that each pick
+        maximises UCB over the grid with evaluated and already-picked points masked, refitting with a constant
+        liar (the mean of the observations, else of the prior) for each pick after the first.
         """
         taken = self._evaluated.copy()
-        picks = [p for p in self._design if not taken[p]][:q] if len(self.observations) < self.n_initial else []
+        design = len(self.observations) < len(self._design)
+        picks = [p for p in self._design if not taken[p]][:q] if design else []
         taken[picks] = True
         obs_idx = [self._flat(o.index) for o in self.observations]
         obs_f = [o.f for o in self.observations]
-        lie = float(unwarp(np.mean(warp(obs_f, self.warp)), self.warp)) if obs_f else 0.0
+        lie_w = np.mean(warp(obs_f, self.warp)) if obs_f else np.mean(list(self.prior.values()) or [0.0])
+        lie = float(unwarp(lie_w, self.warp))
         while len(picks) < q and not taken.all():
-            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks)) if picks else self._model
+            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks), learn=False) if picks else self._model
             mean, std = self._predict(model)
             ucb = np.where(taken, -np.inf, mean + self.kappa * std)
             best = np.flatnonzero(ucb >= ucb.max() - 1e-12)
@@ -164,6 +218,15 @@ class GridBO:
                                                  len(self.observations) + 1, (int(index[0]), int(index[1]))))
         self._model = self._fit([self._flat(o.index) for o in self.observations],
                                 [o.f for o in self.observations])
+
+    def should_stop(self) -> bool:
+        """Early stopping: once the design is done, True when no unevaluated point's UCB exceeds the best
+        observed f of this batch (prior points count as unevaluated: they may still be run on these seeds)."""
+        if len(self.observations) < len(self._design) or self._model is None or not self.remaining:
+            return not self.remaining
+        mean, std = self._predict(self._model)
+        ucb = (mean + self.kappa * std)[~self._evaluated]
+        return bool(ucb.max() <= float(warp(self.best.f, self.warp)))
 
     def posterior(self) -> GridPosterior:
         mean, std = self._predict(self._model)

@@ -11,7 +11,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from .config import BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
+from .config import BO_MODES, BO_SCOPES, BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
 from .evaluation.students import PROTOCOLS
 from .fidelity import OBJECTIVES
 from .options import parse_bandwidth, parse_floats, parse_names
@@ -48,14 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ipc", type=int, default=cfg.ipc, help="images per class")
     d.add_argument("--m-seed", type=int, default=cfg.m_seed, help="seed images per mini-batch")
     d.add_argument("--budget", type=int, default=cfg.bo.budget, help="BO evaluations per mini-batch")
-    d.add_argument("--q", type=int, default=cfg.bo.q, help="BO proposals evaluated together per round")
+    d.add_argument("--q", type=int, help="BO proposals evaluated together per round, in one sampler call (default: "
+                   "the mode's)")
     d.add_argument("--kappa", type=float, default=cfg.bo.kappa, help="UCB exploration weight")
     d.add_argument("--betas", help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
     d.add_argument("--gammas", default=",".join(f"{g:g}" for g in cfg.bo.gammas),
                    help="strength grid, in (0, 1]")
     d.add_argument("--steps", type=int, default=cfg.sampler.steps, help="full sampler steps")
+    d.add_argument("--bo-mode", choices=list(BO_MODES), default=cfg.bo.mode,
+                   help="preset for the BO cost options left unset: " + "; ".join(
+                       f"{k}: {', '.join(f'{f}={v}' for f, v in m.items())}" for k, m in BO_MODES.items())
+                   + " (paper: Algorithm 1 as written, a fresh 8-evaluation search per mini-batch)")
+    d.add_argument("--bo-scope", choices=list(BO_SCOPES), help="observations that seed a mini-batch's GP: batch "
+                   "(none, the paper's), class (the class's earlier batches), run (also the first class's, "
+                   "the pilot's) (default: the mode's)")
+    d.add_argument("--proxy-seeds", type=int, help="seeds each BO proxy runs on, the batch's first ones; 0: all "
+                   "(default: the mode's)")
+    d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "
+                   "observations (see --bo-scope); 0: --budget (default: the mode's)")
+    d.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
+                   help="end BO once no unevaluated point's UCB beats the best observed (default: the mode's)")
+    d.add_argument("--freeze-after", type=int, help="fix the GP kernel's hyper-parameters at its first fit to at "
+                   "least this many points, a prior's included; 0: never (default: the mode's)")
     d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
-                   "full sampler starts and take every (steps // proxy-steps)-th step (default: every other)")
+                   "full sampler starts and take every (steps // proxy-steps)-th step (default: the mode's, every "
+                   "other step in paper mode, a fifth of the steps in fast mode)")
     d.add_argument("--objective", choices=list(OBJECTIVES), default=cfg.bo.objective,
                    help="what BO maximises: " + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
     d.add_argument("--temperature", type=float, help="teacher temperature of the objective (default: 1 for the "
@@ -135,7 +152,8 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
         bo=BOConfig(betas=None if a.betas is None else parse_floats(a.betas, "--betas"),
                     gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q,
                     n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
-                    novelty_weight=a.novelty_weight),
+                    novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
+                    warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after),
     )
 
 
@@ -190,7 +208,8 @@ def _distill_run(dist, run, shard, make_zip: bool) -> int:
                 share = ev.seconds_bo / max(ev.seconds_bo + ev.seconds_final, 1e-9)
                 where = f" -> {run.out}" if shard.is_main else f" (process {shard.index + 1}/{shard.count})"
                 print(f"{ev.n_images} images in {ev.seconds:.1f} s ({ev.seconds / max(ev.n_images, 1):.3f} s/image, "
-                      f"BO {100 * share:.0f}% of sampling time){where}")
+                      f"BO {100 * share:.0f}% of sampling time: {ev.seconds_bo:.1f} s BO, {ev.seconds_final:.1f} s "
+                      f"final; BO mode {dist.config.bo.mode}, scope {dist.config.bo.scope}){where}")
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: the finished mini-batches are kept in {run.work}; run the same command with --resume "

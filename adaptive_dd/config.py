@@ -13,6 +13,17 @@ from .fidelity import Objective
 from .repulsion import validate_bandwidth
 
 DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+BO_SCOPES = ("batch", "class", "run")
+# What each BO mode sets when a field is left None. "paper": Algorithm 1 as written (a fresh GP per mini-batch, every
+# seed in every proxy, proxies on every other step, the whole budget). "fast": the issue 12 search, chosen by
+# benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"). proxy_stride None leaves
+# SamplerConfig.proxy_steps None: every other step of the final schedule.
+BO_MODES: dict[str, dict[str, object]] = {
+    "paper": {"q": 1, "scope": "batch", "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0,
+              "proxy_stride": None},
+    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 1, "early_stop": True, "freeze_after": 4,
+             "proxy_stride": 5},
+}
 
 
 class ConfigError(ValueError):
@@ -47,6 +58,11 @@ class SamplerConfig:
             raise ConfigError(f"eta must be >= 0, got {self.eta}")
 
 
+def proxy_steps_for(steps: int, stride: int) -> int:
+    """The proxy step count of a mode's stride: the largest divisor of steps that is at most steps // stride."""
+    return next(d for d in range(max(1, steps // stride), 0, -1) if steps % d == 0)
+
+
 @dataclass
 class RepulsionConfig:
     """Eq. 6: weight lambda (None: the backend's default) and RBF bandwidth sigma (a number or "auto")."""
@@ -70,17 +86,39 @@ class BOConfig:
     objective names what a proxy is scored by (fidelity.OBJECTIVES; "kl" is the paper's eq. 5, the default won the
     benchmark's validation stage); temperature None is the objective's own
     default (1 for the KL objectives, 20 for "confidence"); novelty_weight is w of "kl_novelty".
+
+    mode names a preset (BO_MODES) for the cost settings left None, which DistillConfig.validate fills in, so the
+    manifest records every value: q (candidates per round, evaluated in one sampler call), scope (which earlier
+    observations seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class,
+    the pilot), proxy_seeds (seeds each proxy runs on, the batch's first ones; 0: all), warm_budget (evaluations of
+    a batch whose GP starts from a prior; 0: the budget), early_stop (stop when no unevaluated point's UCB beats
+    the best observed) and freeze_after (the kernel's hyper-parameters are fixed at the first GP fit to at least
+    that many points, the prior's included; 0: never).
     """
 
     betas: tuple[float, ...] | None = None
     gammas: tuple[float, ...] = DEFAULT_GAMMAS
     budget: int = 8
     kappa: float = 2.0
-    q: int = 1
+    q: int | None = None
     n_initial: int = 4
     objective: str = "kl_novelty"  # chosen on the val split by benchmarks/run.py (validation.md)
     temperature: float | None = None
     novelty_weight: float = 1.0
+    mode: str = "fast"
+    scope: str | None = None
+    proxy_seeds: int | None = None
+    warm_budget: int | None = None
+    early_stop: bool | None = None
+    freeze_after: int | None = None
+
+    def resolve(self) -> None:
+        """Fill the fields left None from the mode's preset."""
+        if self.mode not in BO_MODES:
+            raise ConfigError(f"BO mode must be one of {', '.join(BO_MODES)}, got {self.mode!r}")
+        for k, v in BO_MODES[self.mode].items():
+            if k != "proxy_stride" and getattr(self, k) is None:
+                setattr(self, k, v)
 
     def make_objective(self) -> Objective:
         return Objective(self.objective, self.temperature, self.novelty_weight)
@@ -104,10 +142,21 @@ class BOConfig:
             raise ConfigError(f"gamma (img2img strength) must be in (0, 1], got {bad[0]}")
         if self.budget < 1:
             raise ConfigError(f"BO budget must be >= 1, got {self.budget}")
-        if self.q < 1:
-            raise ConfigError(f"q must be >= 1, got {self.q}")
         if self.kappa < 0:
             raise ConfigError(f"kappa must be >= 0, got {self.kappa}")
+        self.resolve()
+        if self.q < 1:
+            raise ConfigError(f"q must be >= 1, got {self.q}")
+        if self.scope not in BO_SCOPES:
+            raise ConfigError(f"BO scope must be one of {', '.join(BO_SCOPES)}, got {self.scope!r}")
+        if self.proxy_seeds < 0:
+            raise ConfigError(f"proxy seeds must be >= 0 (0: all seeds of the batch), got {self.proxy_seeds}")
+        if self.warm_budget < 0:
+            raise ConfigError(f"warm budget (evaluations of a warm-started batch) must be >= 0 (0: the budget), "
+                              f"got {self.warm_budget}")
+        if self.freeze_after < 0:
+            raise ConfigError(f"freeze_after (points the GP is fitted to before its kernel is fixed) must be >= 0, "
+                              f"got {self.freeze_after}")
         if len(set(self.gammas)) != len(self.gammas) or (self.betas and len(set(self.betas)) != len(self.betas)):
             raise ConfigError("grid values must be distinct")
 
@@ -142,9 +191,12 @@ class DistillConfig:
             raise ConfigError(f"class {twice!r} is listed twice")
         if "{name}" not in self.prompt:
             raise ConfigError(f"the prompt template must contain {{name}}, got {self.prompt!r}")
+        self.bo.validate()
+        stride = BO_MODES[self.bo.mode]["proxy_stride"]
+        if self.sampler.proxy_steps is None and stride is not None:
+            self.sampler.proxy_steps = proxy_steps_for(self.sampler.steps, int(stride))
         self.sampler.validate()
         self.repulsion.validate()
-        self.bo.validate()
         low = min(self.bo.gammas)
         if int(self.sampler.steps * low) < 1:
             raise ConfigError(f"gamma {low} with {self.sampler.steps} steps runs no denoising step "

@@ -1,19 +1,25 @@
 """Algorithm 1 as a stream of typed events.
 
 For every class: draw mini-batches of seeds (without replacement), run GP-UCB over beta x gamma on proxy
-generations that take every other step of the final schedule (a BOStep event after every round), each scored by
+generations that take a share of the steps of the final schedule (a BOStep event after every round), each scored by
 the configured objective (eq. 5 by default), regenerate the seeds at the best OBSERVED (beta*, gamma*) with the
 full sampler and repulsion (BatchDone), until the class has exactly IPC images (ClassDone); RunDone closes the
 stream. The CLI, the app and the benchmarks consume this stream.
 
+The BO mode sets what the search costs (config.BO_MODES): "paper" is Algorithm 1 as written (a fresh GP per
+mini-batch, all seeds, every other step); "fast" warm-starts each mini-batch's GP from the finished batches of its
+class and of the run's first class (the pilot), runs proxies on a few seeds and fewer steps, and spends a small
+budget where a prior exists.
+
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
-so classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
+and a warm start's prior comes from finished batches only (a process without the pilot's searches them itself), so
+classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
 """
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +46,9 @@ class BOStep:
     observations: list[Observation]
     posterior: GridPosterior
     best: Observation
-    proxy_images: torch.Tensor  # (len(candidates), m, C, H, W)
+    proxy_images: torch.Tensor  # (len(candidates), proxy seeds, C, H, W)
     seed_images: torch.Tensor
+    prior: list[tuple[float, float, float]] = field(default_factory=list)  # (beta, gamma, mean f) seeding the GP
 
 
 @dataclass(frozen=True)
@@ -125,10 +132,15 @@ ONE_PROCESS = Shard()
 @dataclass
 class Progress:
     """What an interrupted run already wrote: the finished classes, and per class the finished batches'
-    summaries, so a resumed run skips them and still reports them."""
+    summaries, so a resumed run skips them and still reports them, and their BO observations as (beta, gamma, f),
+    which a class- or run-scope search starts from."""
 
     classes: set[str] = field(default_factory=set)
     batches: dict[str, dict[int, BatchSummary]] = field(default_factory=dict)
+    history: dict[str, dict[int, list[tuple[float, float, float]]]] = field(default_factory=dict)
+
+
+History = dict[str, dict[int, list[tuple[float, float, float]]]]
 
 
 @dataclass
@@ -241,34 +253,57 @@ class Distiller:
                        bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth,
                        groups=groups)
 
+    def search(self, seed_images: torch.Tensor, seed_view, class_name: str, batch_index: int, slots: list[int],
+               prior: Sequence[tuple[float, float, float]] = ()) -> Generator[BOStep, None, GridBO]:
+        """BO over the grid for one mini-batch (Algorithm 1, lines 6-13): a BOStep per round; returns the GridBO.
+
+        prior: (beta, gamma, f) from earlier mini-batches (the scope's), seeding the GP; with one, the search has
+        bo.warm_budget evaluations (0: bo.budget). Proxies run on the batch's first bo.proxy_seeds seeds (0: all);
+        with bo.early_stop the search ends once no unevaluated point's UCB
+        beats the best observed.
+        """
+        cfg = self.config
+        c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
+        seeds = [noise_seed(cfg.seed, c, s) for s in slots]
+        m = min(cfg.bo.proxy_seeds or len(seed_images), len(seed_images))
+        proxy_view = seed_view[:m]
+        target = self.target_index(class_name)
+        bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
+                    seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp, prior=prior,
+                    freeze_after=cfg.bo.freeze_after)
+        grid_size = len(self.betas) * len(cfg.bo.gammas)
+        budget = cfg.bo.warm_budget if bo.prior and cfg.bo.warm_budget else cfg.bo.budget
+        budget = 0 if grid_size == 1 else min(budget, grid_size)  # a one-point grid leaves nothing to choose
+        while len(bo.observations) < budget and not (cfg.bo.early_stop and bo.observations and bo.should_stop()):
+            points = bo.ask(min(cfg.bo.q, budget - len(bo.observations)))
+            b = [bo.betas[i] for i, _ in points]
+            g = [bo.gammas[j] for _, j in points]
+            out = self.generate(seed_images[:m].repeat(len(points), 1, 1, 1), class_name,
+                                np.repeat(b, m), np.repeat(g, m), seeds[:m] * len(points), proxy=True)
+            gen_view = self.teacher.embed(out.images)
+            values = [self.objective(proxy_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
+            bo.tell(points, values)
+            yield BOStep(class_name, c, batch_index, len(bo.observations), budget, bo.observations[-len(points):],
+                         list(bo.observations), bo.posterior(), bo.best,
+                         out.images.view(len(points), m, *out.images.shape[1:]), seed_images, bo.prior_points)
+        return bo
+
     def run_batch(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
-                  slots: list[int] | None = None) -> Iterator[BOStep | BatchDone]:
-        """BO over the grid for one mini-batch, then its full regeneration (Algorithm 1, lines 6-16)."""
+                  slots: list[int] | None = None,
+                  prior: Sequence[tuple[float, float, float]] = ()) -> Iterator[BOStep | BatchDone]:
+        """BO for one mini-batch (search), then its full regeneration (Algorithm 1, lines 14-16).
+
+        seconds_bo counts all the search does: the teacher's view of the seeds, proxies, their scores and GP fits.
+        """
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
         slots = list(range(len(seed_images))) if slots is None else slots
         seeds = [noise_seed(cfg.seed, c, s) for s in slots]
-        m = len(seed_images)
         t0 = time.perf_counter()
         seed_view = self.teacher.embed(seed_images)
         target = self.target_index(class_name)
-        bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
-                    seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp)
-        grid_size = len(self.betas) * len(cfg.bo.gammas)
-        budget = 0 if grid_size == 1 else min(cfg.bo.budget, grid_size)  # a one-point grid leaves nothing to choose
-        while len(bo.observations) < budget:
-            points = bo.ask(min(cfg.bo.q, budget - len(bo.observations)))
-            b = [bo.betas[i] for i, _ in points]
-            g = [bo.gammas[j] for _, j in points]
-            out = self.generate(seed_images.repeat(len(points), 1, 1, 1), class_name,
-                                np.repeat(b, m), np.repeat(g, m), seeds * len(points), proxy=True)
-            gen_view = self.teacher.embed(out.images)
-            values = [self.objective(seed_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
-            bo.tell(points, values)
-            yield BOStep(class_name, c, batch_index, len(bo.observations), budget, bo.observations[-len(points):],
-                         list(bo.observations), bo.posterior(), bo.best,
-                         out.images.view(len(points), m, *out.images.shape[1:]), seed_images)
-        beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if budget else \
+        bo = yield from self.search(seed_images, seed_view, class_name, batch_index, slots, prior)
+        beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if bo.observations else \
             (self.betas[0], cfg.bo.gammas[0], None)
         t1 = time.perf_counter()
         final = self.generate(seed_images, class_name, beta, gamma, seeds, proxy=False)
@@ -278,11 +313,59 @@ class Distiller:
                         gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
                         t1 - t0, t2 - t1)
 
-    def distill_class(self, class_name: str, finished: dict[int, BatchSummary] | None = None) -> Iterator[Event]:
-        """All mini-batches of one class; those in finished (batch index -> summary) are not run again."""
+    @property
+    def pilot(self) -> str:
+        """The class whose observations seed every other class's search under the "run" scope: the first."""
+        return self.classes[0]
+
+    def prior(self, class_name: str, batch_index: int, history: History) -> list[tuple[float, float, float]]:
+        """The observations that seed a mini-batch's GP under bo.scope: none ("batch", the paper's), the class's
+        earlier batches ("class"), or those plus all of the pilot class's ("run").
+
+        history (class -> batch -> observations) holds the finished batches', so a resumed run builds the same
+        prior. A process without the pilot's (it went to another process) runs the pilot's searches itself and
+        adds them to history: the same seeds and noise give the same observations, so the prior, and the images,
+        do not depend on how the classes were spread over processes.
+        """
+        scope = self.config.bo.scope
+        if scope == "batch":
+            return []
+        own = sorted((b, obs) for b, obs in history.get(class_name, {}).items() if b < batch_index)
+        pilot: list[tuple[int, list]] = []
+        if scope == "run" and class_name != self.pilot:
+            pilot = sorted(self._pilot_history(history).items())
+        return [o for _, obs in pilot + own for o in obs]
+
+    def _pilot_history(self, history: History) -> dict[int, list[tuple[float, float, float]]]:
+        """The pilot class's observations per batch, searching those history lacks (no final pass)."""
+        done = history.setdefault(self.pilot, {})
+        plan, _ = self.seed_plan(self.pilot)
+        start = 0
+        for b, idx in enumerate(plan):
+            if b not in done:
+                images = self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
+                slots = list(range(start, start + len(idx)))
+                steps = self.search(images, self.teacher.embed(images), self.pilot, b, slots,
+                                    self.prior(self.pilot, b, history))
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as stop:
+                        done[b] = [(o.beta, o.gamma, o.f) for o in stop.value.observations]
+                        break
+            start += len(idx)
+        return done
+
+    def distill_class(self, class_name: str, finished: dict[int, BatchSummary] | None = None,
+                      history: History | None = None) -> Iterator[Event]:
+        """All mini-batches of one class; those in finished (batch index -> summary) are not run again.
+
+        history (class -> batch -> observations) supplies the scope's prior and gains this class's batches.
+        """
         plan, wrapped = self.seed_plan(class_name)
         c = self.dataset.class_index(class_name)
         finished = finished or {}
+        history = {} if history is None else history
         done = 0
         summaries = []
         for b, idx in enumerate(plan):
@@ -292,9 +375,14 @@ class Distiller:
                 continue
             images = self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
             ids = [self.dataset.ids[i] for i in idx]
-            for ev in self.run_batch(images, ids, class_name, b, list(range(done, done + len(idx)))):
+            t0 = time.perf_counter()
+            prior = self.prior(class_name, b, history)
+            t_prior = time.perf_counter() - t0  # nonzero only where this process searched the pilot class itself
+            for ev in self.run_batch(images, ids, class_name, b, list(range(done, done + len(idx))), prior):
                 if isinstance(ev, BatchDone):
+                    ev.seconds_bo += t_prior
                     summaries.append(ev.summary())
+                    history.setdefault(class_name, {})[b] = [(o.beta, o.gamma, o.f) for o in ev.observations]
                 yield ev
             done += len(idx)
         yield ClassDone(class_name, c, done, wrapped, summaries)
@@ -308,8 +396,9 @@ class Distiller:
         """Algorithm 1 over this process's share of the configured classes, skipping what progress holds."""
         t0 = time.perf_counter()
         n, bo_s, final_s = 0, 0.0, 0.0
+        history: History = {k: dict(v) for k, v in progress.history.items()} if progress else {}
         for name in self.assigned(shard, progress):
-            for ev in self.distill_class(name, progress.batches.get(name) if progress else None):
+            for ev in self.distill_class(name, progress.batches.get(name) if progress else None, history):
                 if isinstance(ev, BatchDone):
                     n += len(ev.images)
                     bo_s += ev.seconds_bo

@@ -318,6 +318,8 @@ class ExportRun:
             record = self._load(path)
             if "batch" in record:
                 progress.batches.setdefault(record["class"], {})[record["batch"]] = BatchSummary(**record["summary"])
+                progress.history.setdefault(record["class"], {})[record["batch"]] = [
+                    (h["beta"], h["gamma"], h["f"]) for h in record["row"]["history"]]
             else:
                 progress.classes.add(record["name"])
         return progress

@@ -14,7 +14,8 @@ gradio_client = pytest.importorskip("gradio_client")
 BUDGET = 3
 SETTINGS = {"betas": "0, 1, 2", "gammas": "0.5, 0.7, 1.0", "budget": BUDGET, "steps": 6, "lam": 1.0,
             "auto_bandwidth": True, "bandwidth": 1.0, "q": 1, "kappa": 2.0, "objective": "kl",
-            "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7}
+            "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7, "bo_mode": "paper", "bo_scope": "batch",
+            "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0}
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +264,24 @@ def test_heatmap_colour_range_follows_the_objective():
     for stops in COLOUR_STOPS.values():
         assert all(list(v) == sorted(v) and len(set(v)) == len(v) for v in stops.values())
     assert COLOUR_STOPS["confidence"]["mean"][-1] < 0.1 < COLOUR_STOPS["kl_novelty"]["mean"][-1]
+
+
+def test_settings_carry_the_bo_cost_options_and_the_mode_presets_them(client):
+    import gradio as gr
+
+    from adaptive_dd import app_handlers as S
+    from adaptive_dd.config import BO_MODES, DistillConfig
+
+    chosen = {"bo_mode": "fast", "bo_scope": "class", "proxy_seeds": 2, "warm_budget": 1, "early_stop": True,
+              "freeze_after": 5, "q": 2, "proxy_steps": 3}
+    cfg = S.Settings(**{**SETTINGS, **chosen}).config("uci-digits", ["3"], 4, 4)
+    assert (cfg.bo.mode, cfg.bo.scope, cfg.bo.proxy_seeds, cfg.bo.warm_budget, cfg.bo.early_stop,
+            cfg.bo.freeze_after, cfg.bo.q, cfg.sampler.proxy_steps) == ("fast", "class", 2, 1, True, 5, 2, 3)
+    d = S.default_settings()
+    assert d.bo_mode == DistillConfig().bo.mode
+    assert all(getattr(d, {"scope": "bo_scope"}.get(k, k)) == v for k, v in BO_MODES[d.bo_mode].items()
+               if k != "proxy_stride")
+    updates = S.on_bo_mode("paper")
+    assert [u["value"] for u in updates] == [1, "batch", 0, 0, False, 0, 0]
+    with pytest.raises(gr.Error, match="proxy seeds must be >= 0"):
+        S.Settings(**{**SETTINGS, "proxy_seeds": -1}).config("uci-digits", ["3"], 4, 4)

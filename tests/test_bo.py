@@ -128,3 +128,99 @@ def test_posterior_is_reported_in_f_units_through_the_warp():
 def test_unknown_warp_is_refused():
     with pytest.raises(ValueError, match="unknown warp 'log2'"):
         GridBO([1.0], [0.5], warp="log2")
+
+
+def _hits(budget: int, prior_of=None, seeds=range(8), f=bump) -> int:
+    """Runs whose best observed point is f's optimum (7, 0.6) after `budget` evaluations."""
+    hits = 0
+    for s in seeds:
+        bo = GridBO(BETAS, GAMMAS, kappa=2.0, n_initial=3, seed=s, prior=prior_of(s) if prior_of else ())
+        while len(bo.observations) < budget:
+            points = bo.ask(1)
+            bo.tell(points, [f(BETAS[i], GAMMAS[j]) for i, j in points])
+        hits += (bo.best.beta, bo.best.gamma) == (7.0, 0.6)
+    return hits
+
+
+def test_a_prior_from_earlier_batches_finds_the_optimum_in_fewer_evaluations():
+    """Earlier batches saw the same surface shifted by an offset (other seeds): their 8 observations let 2
+    evaluations find what a fresh search does not find in 2."""
+    def prior_of(s):
+        bo, _ = _run(100 + s)
+        return [(o.beta, o.gamma, o.f - 0.3) for o in bo.observations]
+
+    assert _hits(2, prior_of) >= 7
+    assert _hits(2) <= 2
+
+
+def test_prior_points_are_not_this_batchs_evaluations_and_a_batch_never_repeats_a_point():
+    bo = GridBO([1.0, 2.0], [0.5, 0.7, 0.9], n_initial=2, seed=0,
+                prior=[(2.0, 0.9, -0.1), (2.0, 0.9, -0.3), (1.0, 0.5, -2.0), (9.0, 0.5, 0.0)])
+    assert bo.prior_points == [(1.0, 0.5, -2.0), (2.0, 0.9, pytest.approx(-0.2))]  # averaged; off-grid dropped
+    assert bo.observations == [] and bo.remaining == 6 and bo.best is None
+    first = bo.ask(2)
+    assert first[0] == (1, 2)  # the design starts at the prior's best point, which these seeds must still score
+    seen = []
+    while bo.remaining:
+        points = bo.ask(2)
+        assert not set(points) & set(seen) and len(set(points)) == len(points)
+        seen += points
+        bo.tell(points, [-float(i + j) for i, j in points])
+    assert sorted(seen) == [(i, j) for i in range(2) for j in range(3)]
+    with pytest.raises(ValueError, match="already evaluated"):
+        bo.tell([(1, 2)], [0.0])
+
+
+def _ucb_rule(bo: GridBO) -> bool:
+    post = bo.posterior()
+    unevaluated = np.ones(bo.shape, bool)
+    for o in bo.observations:
+        unevaluated[o.index] = False
+    return bool(post.ucb[unevaluated].max() <= bo.best.f)
+
+
+def test_early_stop_is_no_unevaluated_ucb_above_the_best_observed():
+    """A spike on a point of the initial design: with kappa 0 the search stops right after the design; with
+    kappa 2 the unexplored points' UCB still exceeds the best, so it goes on. should_stop is the UCB rule at every
+    step."""
+    probe = GridBO(BETAS, GAMMAS, kappa=0.0, n_initial=4, seed=5)
+    peak = tuple(probe.indices[probe._design[0]])
+
+    def peaked(b, g):
+        return 0.0 if (b, g) == (BETAS[peak[0]], GAMMAS[peak[1]]) else -1.0
+
+    for kappa, stops in ((0.0, True), (2.0, False)):
+        bo = GridBO(BETAS, GAMMAS, kappa=kappa, n_initial=4, seed=5)
+        while len(bo.observations) < 4:
+            assert not bo.should_stop()  # never inside the design
+            points = bo.ask(1)
+            bo.tell(points, [peaked(BETAS[i], GAMMAS[j]) for i, j in points])
+        assert bo.best.index == peak
+        assert bo.should_stop() is stops and _ucb_rule(bo) is stops
+        for _ in range(3):
+            points = bo.ask(1)
+            bo.tell(points, [peaked(BETAS[i], GAMMAS[j]) for i, j in points])
+            assert bo.should_stop() == _ucb_rule(bo)
+
+
+def test_a_frozen_kernel_gives_the_posterior_of_a_fresh_fit_with_that_kernel():
+    from skopt.learning import GaussianProcessRegressor
+
+    from adaptive_dd.bo import warp
+
+    bo = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, seed=2, warp="neglog", freeze_after=4)
+    kernels = []
+    while len(bo.observations) < 7:
+        points = bo.ask(1)
+        bo.tell(points, [ridge(RIDGE_BETAS[i], RIDGE_GAMMAS[j]) for i, j in points])
+        kernels.append(None if bo.kernel is None else bo.kernel.get_params())
+    assert kernels[:3] == [None] * 3 and all(k == kernels[3] for k in kernels[3:])  # fixed at the 4th point
+    x = bo.coords[[bo._flat(o.index) for o in bo.observations]]
+    fresh = GaussianProcessRegressor(kernel=bo.kernel, normalize_y=True, optimizer=None)
+    fresh.fit(x, warp([o.f for o in bo.observations], "neglog"))
+    for a, b in zip(bo._model.predict(bo.coords, return_std=True), fresh.predict(bo.coords, return_std=True)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    learned = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, seed=2, warp="neglog")
+    for o in bo.observations:
+        learned.tell([o.index], [o.f])
+    assert learned.kernel is None and learned._model.kernel_.get_params() != bo.kernel.get_params()

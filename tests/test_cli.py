@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from adaptive_dd.cli import main
+from adaptive_dd.config import BO_MODES, proxy_steps_for
 from adaptive_dd.data import load_dataset
 
 # Four steps (two proxy steps) need gamma >= 0.5 to run a denoising step in the proxy.
@@ -61,6 +62,10 @@ def _fail(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> str
     (["--steps", "50", "--proxy-steps", "20"], "proxy_steps must divide steps (50)"),
     (["--temperature", "0"], "objective temperature must be a positive number, got 0.0"),
     (["--novelty-weight", "-1", "--objective", "kl_novelty"], "novelty weight must be >= 0, got -1.0"),
+    (["--proxy-seeds", "-1"], "proxy seeds must be >= 0 (0: all seeds of the batch), got -1"),
+    (["--warm-budget", "-2"], "warm budget (evaluations of a warm-started batch) must be >= 0"),
+    (["--freeze-after", "-1"], "freeze_after (points the GP is fitted to before its kernel is fixed) must be >= 0"),
+    (["--q", "0"], "q must be >= 1, got 0"),
 ])
 def test_config_errors(args: list[str], needle: str, tmp_path: Path, capsys) -> None:
     assert needle in _fail(args, tmp_path, capsys)
@@ -165,3 +170,28 @@ def test_help_states_each_default_once_from_the_config(capsys) -> None:
     assert "(default: None)" not in text
     cfg = DistillConfig()
     assert f"(default: {cfg.bo.budget})" in text and f"(default: {cfg.sampler.steps})" in text
+
+
+def test_bo_cost_flags_reach_the_manifest(tiny_model: str, tmp_path: Path, capsys) -> None:
+    """Every BO cost option is recorded; a preset fills only what the command line leaves unset."""
+    out = tmp_path / "out"
+    code = main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(out), *TINY_RUN, "--bo-mode",
+                 "paper", "--bo-scope", "class", "--proxy-seeds", "1", "--warm-budget", "1", "--early-stop",
+                 "--freeze-after", "3", "--q", "2", "--proxy-steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "% of sampling time" in summary and "BO mode paper, scope class" in summary
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert {k: config["bo"][k] for k in ("mode", "scope", "proxy_seeds", "warm_budget", "early_stop",
+                                         "freeze_after", "q")} == \
+        {"mode": "paper", "scope": "class", "proxy_seeds": 1, "warm_budget": 1, "early_stop": True,
+         "freeze_after": 3, "q": 2}
+    assert config["sampler"]["proxy_steps"] == 2
+    history = [len(b["history"]) for b in json.loads((out / "manifest.json").read_text())["batches"]]
+    assert history == [2, 1]  # the second batch starts from the first's observations: its warm budget of 1
+    fast = tmp_path / "fast"
+    assert main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(fast), *TINY_RUN]) == 0
+    config = json.loads((fast / "manifest.json").read_text())["config"]
+    preset = BO_MODES["fast"]
+    assert config["bo"]["mode"] == "fast" and all(config["bo"][k] == v for k, v in preset.items() if k in config["bo"])
+    assert config["sampler"]["proxy_steps"] == proxy_steps_for(4, preset["proxy_stride"]) == 1

@@ -12,7 +12,8 @@ from adaptive_dd.export import ExportError, export
 def _config(**kw):
     base = dict(data="uci-digits", classes=["0", "1", "2"], ipc=5, m_seed=3, seed=7,
                 sampler=SamplerConfig(steps=6), repulsion=RepulsionConfig(weight=1.0),
-                bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=1))
+                bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=1,
+                            mode="paper"))
     base.update(kw)
     return DistillConfig(**base)
 
@@ -143,6 +144,12 @@ def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_pa
     (dict(bo=BOConfig(betas=(-1.0, 2.0))), "beta"), (dict(repulsion=RepulsionConfig(weight=-0.1)), "lambda"),
     (dict(repulsion=RepulsionConfig(bandwidth=0.0)), "bandwidth"),
     (dict(sampler=SamplerConfig(steps=2), bo=BOConfig(gammas=(0.3,))), "no denoising step"),
+    (dict(bo=BOConfig(mode="quick")), "BO mode must be one of paper, fast, got 'quick'"),
+    (dict(bo=BOConfig(scope="epoch")), "BO scope must be one of batch, class, run, got 'epoch'"),
+    (dict(bo=BOConfig(proxy_seeds=-1)), "proxy seeds must be >= 0"),
+    (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
+    (dict(bo=BOConfig(freeze_after=-1)), "freeze_after"),
+    (dict(bo=BOConfig(q=0)), "q must be >= 1"),
 ])
 def test_bad_settings_are_named(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -150,7 +157,8 @@ def test_bad_settings_are_named(kw, match):
 
 
 def test_q_candidates_share_one_sampler_batch_and_match_single_runs(tiny_backend, tiny_teacher):
-    cfg = _config(bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, q=2))
+    cfg = _config(bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, q=2,
+                                  mode="paper"))
     d = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
     plan, _ = d.seed_plan("4")
     images = d.dataset.tensor(plan[0], 8, 1)
@@ -208,7 +216,7 @@ def test_final_images_are_made_at_the_best_observed_point_of_the_objective(tiny_
     from adaptive_dd.sampler import noise_seed
 
     cfg = _config(classes=["6"], ipc=3, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=5,
-                                                     objective=objective))
+                                                     objective=objective, mode="paper"))
     dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
     events = list(dist.run())
     done = next(e for e in events if isinstance(e, BatchDone))
@@ -221,3 +229,30 @@ def test_final_images_are_made_at_the_best_observed_point_of_the_objective(tiny_
     view = tiny_teacher.embed(done.seed_images)
     assert done.f_final == pytest.approx(dist.objective(view, tiny_teacher.embed(done.images), 6), abs=1e-6)
     assert dist.describe()["objective"] == objective
+
+
+def test_proxies_run_on_the_first_proxy_seeds_only_at_the_proxy_stride(tiny_backend, tiny_teacher, monkeypatch):
+    """Every UNet call of the search has 2 x proxy_seeds rows (CFG), and the proxies equal a direct img2img call on
+    the batch's first proxy_seeds seeds at steps // proxy_steps stride without repulsion."""
+    from adaptive_dd.sampler import img2img, noise_seed
+
+    cfg = _config(classes=["6"], ipc=3, sampler=SamplerConfig(steps=6, proxy_steps=3),
+                  bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=1, proxy_seeds=2,
+                              mode="paper"))
+    dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+    images = dist.dataset.tensor(dist.seed_plan("6")[0][0], 8, 1)
+    rows: list[int] = []
+    predict = tiny_backend.predict_noise
+    monkeypatch.setattr(tiny_backend, "predict_noise", lambda x, *a, **k: rows.append(len(x)) or predict(x, *a, **k))
+    events = list(dist.run_batch(images, ["a", "b", "c"], "6"))
+    monkeypatch.undo()
+    steps = [e for e in events if isinstance(e, BOStep)]
+    final_steps = int(6 * events[-1].gamma)
+    assert len(steps) == 3 and all(e.proxy_images.shape[1] == 2 for e in steps)
+    assert set(rows[:-final_steps]) == {4} and rows[-final_steps:] == [6] * final_steps, rows  # 2 or 3 seeds x CFG
+    seeds = [noise_seed(cfg.seed, 6, s) for s in range(3)]
+    for e in steps:
+        (o,) = e.candidates
+        direct = img2img(tiny_backend, images[:2], ["6", "6"], o.beta, o.gamma, seeds[:2], steps=6, stride=2,
+                         repulsion_weight=0.0)
+        torch.testing.assert_close(e.proxy_images[0], direct.images, rtol=0, atol=1e-6)

@@ -270,6 +270,26 @@ def test_resume_after_kill_mid_write_is_byte_identical(args, reference, one_thre
     _assert_clean_result(parent, reference)
 
 
+@pytest.mark.parametrize("scope", ["class", "run"])
+def test_warm_started_search_resumes_byte_identical(args, one_thread, tmp_path, scope):
+    """A warm-started batch's GP starts from the finished batches' observations (the class's; with "run", also the
+    first class's), which a resumed run reads back from the batch records: stopping after any batch and resuming
+    writes the same bytes as one uninterrupted run. With a warm budget of 1 every warm batch records 1 evaluation,
+    so a resumed run that lost the prior (and ran the full budget of 2) would differ."""
+    warm = [*args, "--bo-scope", scope, "--warm-budget", "1"]
+    (tmp_path / "ref").mkdir()
+    assert _distill(warm, tmp_path / "ref" / "out") == 0
+    expected = _tree(tmp_path / "ref" / "out")
+    history = [len(b["history"]) for b in json.loads(expected["manifest.json"])["batches"]]
+    assert history == ([2, 1, 1] * 2 if scope == "class" else [2, 1, 1, 1, 1, 1])
+    for stop in (1, 3, 4):
+        out = tmp_path / f"stop{stop}" / "out"
+        out.parent.mkdir()
+        _interrupted(warm, out, stop)
+        assert _distill(warm, out, "--resume") == 0
+        assert _tree(out) == expected, stop
+
+
 def test_resume_refuses_other_settings_naming_them(args, one_thread, tmp_path, capsys):
     parent = tmp_path / "parent"
     parent.mkdir()

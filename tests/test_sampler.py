@@ -137,12 +137,16 @@ def test_proxy_equals_ddim_by_hand_on_every_other_step_of_the_final_schedule(tin
     torch.testing.assert_close(proxy.images, ref, rtol=0, atol=1e-5)
 
 
-def test_distiller_proxy_runs_half_the_unet_calls_of_the_final_pass(tiny_backend, tiny_teacher, monkeypatch):
+@pytest.mark.parametrize("mode,proxy_calls", [("paper", 7), ("fast", 3)])
+def test_distiller_proxy_runs_the_modes_share_of_the_unet_calls_of_the_final_pass(tiny_backend, tiny_teacher,
+                                                                                   monkeypatch, mode, proxy_calls):
+    """gamma 0.7 of 20 steps: the final pass runs 14; paper proxies every other one (7), fast ones every fifth
+    (steps 6, 11 and 16 of the schedule: 3)."""
     from adaptive_dd.config import BOConfig, DistillConfig, SamplerConfig
     from adaptive_dd.distill import Distiller
 
     dist = Distiller(DistillConfig(classes=["1"], ipc=2, m_seed=2, sampler=SamplerConfig(steps=20),
-                                   bo=BOConfig(betas=(1.0,), gammas=(0.7,))), backend=tiny_backend,
+                                   bo=BOConfig(betas=(1.0,), gammas=(0.7,), mode=mode)), backend=tiny_backend,
                      teacher=tiny_teacher)
     calls = []
     real = tiny_backend.predict_noise
@@ -151,7 +155,7 @@ def test_distiller_proxy_runs_half_the_unet_calls_of_the_final_pass(tiny_backend
     dist.generate(images, "1", 1.0, 0.7, [1, 2], proxy=True)
     n_proxy = len(calls)
     dist.generate(images, "1", 1.0, 0.7, [1, 2], proxy=False)
-    assert (n_proxy, len(calls) - n_proxy) == (7, 14)
+    assert (n_proxy, len(calls) - n_proxy) == (proxy_calls, 14)
 
 
 def _bundled_seeds(class_name: str, n: int):
