@@ -81,7 +81,8 @@ def beta_gamma_figure(backend, teacher, class_name: str, steps: int, path) -> No
     betas, gammas = backend.default_betas, DEFAULT_GAMMAS
     nb, ng = len(betas), len(gammas)
     images = img2img(backend, seed.repeat(nb * ng, 1, 1, 1), [class_name] * (nb * ng),
-                     np.repeat(betas, ng), np.tile(gammas, nb), [noise_seed(5, i)] * (nb * ng), steps=steps).images.cpu()
+                     np.repeat(betas, ng), np.tile(gammas, nb), [noise_seed(5, i)] * (nb * ng),
+                     steps=steps).images.cpu()
     f = [fidelity(teacher.logits(seed), teacher.logits(images[k:k + 1])) for k in range(nb * ng)]
     cell, pad, left, top = 64, 18, 70, 40
     canvas = Image.new("RGB", (left + (ng + 1) * (cell + 4), top + nb * (cell + pad)), "white")
@@ -94,7 +95,8 @@ def beta_gamma_figure(backend, teacher, class_name: str, steps: int, path) -> No
         for c, gamma in enumerate(gammas):
             k = r * ng + c
             x = left + (c + 1) * (cell + 4)
-            canvas.paste(to_pil(images[k:k + 1])[0].resize((cell, cell), Image.Resampling.NEAREST).convert("RGB"), (x, y))
+            tile = to_pil(images[k:k + 1])[0].resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile.convert("RGB"), (x, y))
             draw.text((x, y + cell + 2), f"{f[k]:.2f}", fill="black")
             if r == 0:
                 draw.text((x, top - 14), f"g={gamma:g}", fill="black")
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     best = max(gen, key=gen.get)
     report["pure_generation"] = {"by_beta": gen, "best_beta": best, "best": gen[best]}
     keep = img2img_consistency(backend, load_teacher("uci-digits", a.device), 0.5, a.steps, a.per_class)
-    report["img2img_uci_gamma_0.5"] = {"by_beta": keep, "best_beta": max(keep, key=keep.get), "best": max(keep.values())}
+    report["img2img_uci_gamma_0.5"] = {"by_beta": keep, "best_beta": max(keep, key=keep.get),
+                                       "best": max(keep.values())}
     beta_gamma_figure(backend, load_teacher("uci-digits", a.device), a.figure_class, a.steps,
                       ASSETS / f"beta_gamma_grid_class{a.figure_class}.png")
     report["seconds"] = round(time.time() - t0, 1)
