@@ -26,7 +26,7 @@ from ..fidelity import fidelity, load_teacher
 from ..sampler import img2img, noise_seed
 
 
-def teacher_accuracy(name: str, device: str) -> float:
+def teacher_accuracy(name: str, device: str = "cpu") -> float:
     teacher, test = load_teacher(name, device), load_dataset(name, "test")
     pred = teacher.logits(test.tensor(range(len(test)), teacher.config.input_size, 1)).argmax(1).cpu().numpy()
     return float((pred == test.labels).mean())
