@@ -132,10 +132,7 @@ class ClassUNetBackend(Backend):
     def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
         from diffusers import UNet2DModel
 
-        directory = Path(directory)
-        self.directory = directory
-        self.hint = ("; regenerate it with `python -m adaptive_dd.demo.train backbone`"
-                     if directory.resolve() == BUNDLED_BACKBONE.resolve() else "")
+        directory = self._bind(directory)
         meta_path = directory / "adaptive_dd.json"
         self._require([meta_path, directory / "unet" / "config.json",
                        directory / "unet" / "diffusion_pytorch_model.safetensors",
@@ -164,6 +161,13 @@ class ClassUNetBackend(Backend):
         self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         self.description = f"class-conditional UNet2DModel {directory.name} ({self.image_size} px, " \
                            f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M params) on {self.device}"
+
+    def _bind(self, directory: str | Path) -> Path:
+        """Remember the folder; errors about the bundled one say how to regenerate it."""
+        self.directory = Path(directory)
+        self.hint = ("; regenerate it with `python -m adaptive_dd.demo.train backbone`"
+                     if self.directory.resolve() == BUNDLED_BACKBONE.resolve() else "")
+        return self.directory
 
     def _require(self, paths: list[Path]) -> None:
         for p in paths:
@@ -219,10 +223,7 @@ class ClassLatentUNetBackend(VAELatents, ClassUNetBackend):
     def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
         from diffusers import AutoencoderKL
 
-        directory = Path(directory)
-        self.directory = directory
-        self.hint = ("; regenerate it with `python -m adaptive_dd.demo.train backbone`"
-                     if directory.resolve() == BUNDLED_BACKBONE.resolve() else "")
+        directory = self._bind(directory)
         self._require([directory / "vae" / "config.json", directory / "vae" / "diffusion_pytorch_model.safetensors"])
         self.vae = self._load(AutoencoderKL, "vae").eval().requires_grad_(False)
         super().__init__(directory, device)
