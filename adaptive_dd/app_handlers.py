@@ -47,7 +47,7 @@ DELETE_CACHE = (600, 3600)  # Gradio's cached output files: checked every 10 min
 GALLERY_LIMIT = 120
 PREVIEW_LIMIT = 200  # distilled images shown in the export tab's preview
 MAX_SWEEP_CELLS = 100
-DISPLAY_PX = 160  # a whole multiple of the bundled 16 px and UCI's 8 px; galleries show about 100-160 px
+DISPLAY_PX = 160  # a whole multiple of the bundled 32 px and UCI's 8 px; galleries show about 100-160 px
 POSTERIOR_VIEWS = ("mean", "std", "ucb")
 # Colour scale of each objective's posterior views: the values at which Viridis' evenly spaced colours sit, the
 # same in every frame of every run so that frames compare. For f = -KL <= 0, below -3 (KL of 3 nats) the teacher

@@ -5,7 +5,7 @@ A backend encodes images to latents, predicts noise for a batch of latents under
 owns the loop; a backend owns the weights.
 
     create_backend("bundled")                      # the offline default in assets/backbone-mnist-5k
-    create_backend("path/to/class-unet")           # a directory with adaptive_dd.json + unet/ + scheduler/
+    create_backend("path/to/class-unet")           # a folder with adaptive_dd.json, unet/, scheduler/ (+ vae/)
     create_backend("runwayml/stable-diffusion-v1-5")  # Stable Diffusion by hub id or local directory
     create_backend("facebook/DiT-XL-2-256")        # DiT (a DiTPipeline folder) by hub id or local directory
 """
@@ -93,42 +93,105 @@ class Backend(ABC):
         raise NotImplementedError
 
 
+class VAELatents:
+    """Latent-space backends (class-latent UNet, Stable Diffusion, DiT): latents are the AutoencoderKL posterior's
+    mean times its scaling factor (a deterministic encoding); grey images are repeated to RGB for an RGB VAE and
+    a one-channel VAE takes them as they are."""
+
+    vae: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode(self, images):
+        x = images.to(self.device, self.dtype) * 2 - 1
+        if x.shape[1] == 1 and self.vae.config.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents):
+        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+
 class ClassUNetBackend(Backend):
-    """A class-conditional pixel-space diffusers UNet2DModel; the class index num_classes is the null class."""
+    """A class-conditional pixel-space diffusers UNet2DModel ("type": "class-unet" in adaptive_dd.json); the class
+    index num_classes is the null class.
+
+    A folder holds adaptive_dd.json (classes, image_size, channels, beta_grid, default_lambda), unet/ and
+    scheduler/. Every disagreement between the json and the weights' configs is a ModelLoadError naming the file.
+    """
+
+    TYPE = "class-unet"
 
     def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
         from diffusers import UNet2DModel
-        from safetensors import SafetensorError
 
-        directory = Path(directory)
+        directory = self._bind(directory)
         meta_path = directory / "adaptive_dd.json"
-        hint = ("; regenerate it with `python -m adaptive_dd.demo.train backbone`"
-                if directory.resolve() == BUNDLED_BACKBONE.resolve() else "")
-        for p in (meta_path, directory / "unet" / "config.json", directory / "unet" / "diffusion_pytorch_model.safetensors",
-                  directory / "scheduler" / "scheduler_config.json"):
-            if not p.exists():
-                raise ModelLoadError(f"backbone file {p} is missing{hint}")
+        self._require([meta_path, directory / "unet" / "config.json",
+                       directory / "unet" / "diffusion_pytorch_model.safetensors",
+                       directory / "scheduler" / "scheduler_config.json"])
+        meta = read_backbone_meta(directory)
+        unet = self._load(UNet2DModel, "unet")
+        self.meta_file = meta_path
         try:
-            meta = json.loads(meta_path.read_text())
-            unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True, low_cpu_mem_usage=False)
-        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
-            raise ModelLoadError(f"backbone {directory} does not load ({str(e).splitlines()[0]}){hint}") from None
-        if unet.config.num_class_embeds != len(meta["classes"]) + 1:
-            raise ModelLoadError(f"backbone {directory}: {len(meta['classes'])} classes in adaptive_dd.json but the "
-                                 f"UNet has {unet.config.num_class_embeds} class embeddings (expected classes + 1 "
-                                 f"for the null class){hint}")
+            self.classes = list(meta["classes"])
+            self.image_size = int(meta["image_size"])
+            self.channels = int(meta["channels"])
+            self.default_betas = tuple(float(b) for b in meta["beta_grid"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"{meta_path}: missing or malformed key ({e}){self.hint}") from None
+        self.null_class = int(meta.get("null_class", len(self.classes)))
+        self.default_lambda = float(meta.get("default_lambda", 0.0))
+        self.meta = meta
+        if unet.config.num_class_embeds != len(self.classes) + 1:
+            raise ModelLoadError(f"backbone {directory}: {len(self.classes)} classes in {meta_path.name} but the "
+                                 f"UNet ({directory / 'unet' / 'config.json'}) has {unet.config.num_class_embeds} "
+                                 f"class embeddings (expected classes + 1 for the null class){self.hint}")
         self.device = torch.device(device)
         self.dtype = torch.float32
         self.unet = unet.to(self.device).eval().requires_grad_(False)
-        self.classes = list(meta["classes"])
-        self.null_class = int(meta.get("null_class", len(self.classes)))
-        self.image_size = int(meta["image_size"])
-        self.channels = int(meta["channels"])
-        self.default_betas = tuple(meta["beta_grid"])
-        self.default_lambda = float(meta.get("default_lambda", 0.0))
+        self._check_shapes()
         self.scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         self.description = f"class-conditional UNet2DModel {directory.name} ({self.image_size} px, " \
                            f"{sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M params) on {self.device}"
+
+    def _bind(self, directory: str | Path) -> Path:
+        """Remember the folder; errors about the bundled one say how to regenerate it."""
+        self.directory = Path(directory)
+        self.hint = ("; regenerate it with `python -m adaptive_dd.demo.train backbone`"
+                     if self.directory.resolve() == BUNDLED_BACKBONE.resolve() else "")
+        return self.directory
+
+    def _require(self, paths: list[Path]) -> None:
+        for p in paths:
+            if not p.exists():
+                raise ModelLoadError(f"backbone file {p} is missing{self.hint}")
+
+    def _load(self, cls, sub: str):
+        """A diffusers model from the folder's `sub`/ (safetensors only); any failure names the folder."""
+        from safetensors import SafetensorError
+
+        try:
+            return cls.from_pretrained(self.directory / sub, use_safetensors=True, low_cpu_mem_usage=False)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as e:
+            raise ModelLoadError(f"backbone {self.directory} does not load: {sub}/ "
+                                 f"({str(e).splitlines()[0]}){self.hint}") from None
+
+    def _mismatch(self, what: str) -> ModelLoadError:
+        return ModelLoadError(f"backbone {self.directory}: {what}{self.hint}")
+
+    def _check_shapes(self) -> None:
+        cfg, unet_cfg = self.unet.config, self.directory / "unet" / "config.json"
+        if cfg.in_channels != self.channels or cfg.sample_size != self.image_size:
+            raise self._mismatch(f"{self.meta_file.name} says {self.channels} x {self.image_size} px images but "
+                                 f"{unet_cfg} takes {cfg.in_channels} x {cfg.sample_size}")
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.device, self.dtype) * 2 - 1
@@ -147,29 +210,74 @@ class ClassUNetBackend(Backend):
         return self.unet(latents, t, class_labels=cond).sample
 
 
-class VAELatents:
-    """Latent-space backends (Stable Diffusion, DiT): latents are the AutoencoderKL posterior's mean times its
-    scaling factor (a deterministic encoding); grey images are repeated to RGB."""
+class ClassLatentUNetBackend(VAELatents, ClassUNetBackend):
+    """A class-conditional UNet2DModel over the latents of the folder's own AutoencoderKL ("type":
+    "class-latent-unet"): Stable Diffusion's encode / denoise / decode path with a class index for the prompt.
 
-    vae: torch.nn.Module
-    device: torch.device
-    dtype: torch.dtype
+    The folder adds vae/ and, in adaptive_dd.json, "latent_shape" [channels, size, size]; image_size stays in
+    pixels. The bundled backbone is one; any user may train and load another by folder.
+    """
 
-    @property
-    def vae_scale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+    TYPE = "class-latent-unet"
 
-    @torch.no_grad()
-    def encode(self, images):
-        x = images.to(self.device, self.dtype) * 2 - 1
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+    def __init__(self, directory: str | Path, device: str | torch.device = "cpu"):
+        from diffusers import AutoencoderKL
 
-    @torch.no_grad()
-    def decode(self, latents):
-        x = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        directory = self._bind(directory)
+        self._require([directory / "vae" / "config.json", directory / "vae" / "diffusion_pytorch_model.safetensors"])
+        self.vae = self._load(AutoencoderKL, "vae").eval().requires_grad_(False)
+        super().__init__(directory, device)
+        self.vae = self.vae.to(self.device)
+        c, h, w = self.latent_shape
+        self.description = (f"class-conditional latent UNet2DModel {directory.name} ({self.image_size} px, latents "
+                            f"{c}x{h}x{w}, UNet {sum(p.numel() for p in self.unet.parameters()) / 1e6:.2f}M + VAE "
+                            f"{sum(p.numel() for p in self.vae.parameters()) / 1e6:.2f}M params) on {self.device}")
+
+    def _check_shapes(self) -> None:
+        unet, vae = self.unet.config, self.vae.config
+        unet_cfg, vae_cfg = self.directory / "unet" / "config.json", self.directory / "vae" / "config.json"
+        if vae.latent_channels != unet.in_channels or unet.out_channels != unet.in_channels:
+            raise self._mismatch(f"{vae_cfg} has {vae.latent_channels} latent channels but {unet_cfg} takes "
+                                 f"{unet.in_channels} in and gives {unet.out_channels} out")
+        if vae.in_channels != self.channels or vae.out_channels != self.channels:
+            raise self._mismatch(f"{self.meta_file.name} says {self.channels}-channel images but {vae_cfg} takes "
+                                 f"{vae.in_channels} and gives {vae.out_channels}")
+        if unet.sample_size * self.vae_scale != self.image_size:
+            raise self._mismatch(f"{self.meta_file.name} says {self.image_size} px images but {unet_cfg} samples "
+                                 f"{unet.sample_size} x {unet.sample_size} latents, which {vae_cfg} (downsampling "
+                                 f"x{self.vae_scale}) decodes to {unet.sample_size * self.vae_scale} px")
+        shape = [unet.in_channels, unet.sample_size, unet.sample_size]
+        declared = self.meta.get("latent_shape")
+        if declared is not None and list(declared) != shape:
+            raise self._mismatch(f"{self.meta_file.name} says latent_shape {list(declared)} but {unet_cfg} and "
+                                 f"{vae_cfg} give {shape}")
+        self.latent_shape = tuple(shape)
+
+
+CLASS_BACKBONES = {cls.TYPE: cls for cls in (ClassUNetBackend, ClassLatentUNetBackend)}
+
+
+def read_backbone_meta(directory: Path) -> dict:
+    """adaptive_dd.json of a class backbone folder, as a dict; unreadable or not an object is a ModelLoadError."""
+    path = directory / "adaptive_dd.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    return meta
+
+
+def load_class_backbone(directory: str | Path, device: str | torch.device = "cpu") -> ClassUNetBackend:
+    """The class backbone a folder's adaptive_dd.json names by "type" (a pixel or a latent class UNet)."""
+    directory = Path(directory)
+    meta = read_backbone_meta(directory)
+    kind = meta.get("type", ClassUNetBackend.TYPE)
+    if kind not in CLASS_BACKBONES:
+        raise ModelLoadError(f"{directory / 'adaptive_dd.json'}: unknown type {kind!r}; expected one of "
+                             f"{', '.join(CLASS_BACKBONES)}")
+    return CLASS_BACKBONES[kind](directory, device)
 
 
 class StableDiffusionBackend(VAELatents, Backend):
@@ -311,14 +419,17 @@ def _pipeline_class(spec: str) -> str | None:
         return None
 
 
-def create_backend(spec: str | None = "bundled", device: str | torch.device = "cpu", prompt: str = "a photo of a {name}",
-                   negative_prompt: str = "") -> Backend:
+def create_backend(spec: str | None = "bundled", device: str | torch.device = "cpu",
+                   prompt: str = "a photo of a {name}", negative_prompt: str = "") -> Backend:
     """Resolve a backbone by name or path: "bundled", a class-UNet directory, DiT or Stable Diffusion (id or dir)."""
     if spec in (None, "", "bundled"):
-        return ClassUNetBackend(BUNDLED_BACKBONE, device)
+        if not (BUNDLED_BACKBONE / "adaptive_dd.json").exists():
+            raise ModelLoadError(f"backbone file {BUNDLED_BACKBONE / 'adaptive_dd.json'} is missing; regenerate it "
+                                 f"with `python -m adaptive_dd.demo.train backbone`")
+        return load_class_backbone(BUNDLED_BACKBONE, device)
     path = Path(spec)
     if (path / "adaptive_dd.json").exists():
-        return ClassUNetBackend(path, device)
+        return load_class_backbone(path, device)
     if path.exists() and not (path / "model_index.json").exists():
         raise ModelLoadError(f"{path}: neither a class-UNet backbone (adaptive_dd.json) nor a diffusers "
                              f"Stable Diffusion or DiT directory (model_index.json)")

@@ -34,6 +34,30 @@ def save_tiny_class_unet(directory, size: int = 8, seed: int = 0, default_lambda
         "beta_grid": [0.0, 1.0, 2.0, 3.0], "default_lambda": default_lambda}))
 
 
+def save_tiny_class_latent_unet(directory, size: int = 16, seed: int = 0, latent_channels: int = 4,
+                                default_lambda: float = 10.0) -> None:
+    """A latent class-UNet folder as `demo.train backbone` writes it: 1-channel AutoencoderKL (one downsampling,
+    16 px -> 4 x 8 x 8 latents) + class UNet over its latents + scheduler with clip_sample off."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=latent_channels, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=4, sample_size=size, scaling_factor=1.5)
+    vae.save_pretrained(directory / "vae")
+    latent = size // 2
+    UNet2DModel(sample_size=latent, in_channels=latent_channels, out_channels=latent_channels,
+                block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                num_class_embeds=len(DIGITS) + 1).save_pretrained(directory / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                  clip_sample=False).save_pretrained(directory / "scheduler")
+    (directory / "adaptive_dd.json").write_text(json.dumps({
+        "type": "class-latent-unet", "classes": DIGITS, "null_class": len(DIGITS), "image_size": size,
+        "channels": 1, "latent_shape": [latent_channels, latent, latent], "beta_grid": [0.0, 1.0, 2.0],
+        "default_lambda": default_lambda}))
+
+
 def save_tiny_teacher(directory, seed: int = 0) -> None:
     from adaptive_dd.fidelity import TeacherConfig, save_teacher
 
@@ -58,6 +82,20 @@ def tiny_backend(tiny_unet_dir):
     from adaptive_dd.backends import create_backend
 
     return create_backend(str(tiny_unet_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_unet_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_latent_unet")
+    save_tiny_class_latent_unet(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_backend(tiny_latent_unet_dir):
+    from adaptive_dd.backends import create_backend
+
+    return create_backend(str(tiny_latent_unet_dir))
 
 
 @pytest.fixture(scope="session")

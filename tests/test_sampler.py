@@ -11,6 +11,12 @@ def _seeds_images(n, size=8, seed=0):
     return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(params=["tiny_backend", "tiny_latent_backend"])
+def backend(request):
+    """Each sampler property holds for a pixel class-UNet and for a latent one (VAE encode / decode)."""
+    return request.getfixturevalue(request.param)
+
+
 @pytest.mark.parametrize("steps,gamma", [(50, 0.3), (50, 0.75), (25, 0.5), (10, 0.99), (7, 1.0), (20, 0.05)])
 def test_gamma_to_start_step_matches_diffusers_img2img(tiny_backend, steps, gamma):
     from diffusers import StableDiffusionImg2ImgPipeline
@@ -41,31 +47,32 @@ def _plain_loop(backend, images, name, beta, gamma, seeds, steps):
     return backend.decode(z)
 
 
-def test_lambda_zero_is_the_plain_sampler(tiny_backend):
-    images, seeds = _seeds_images(4), [11, 12, 13, 14]
-    ours = img2img(tiny_backend, images, ["3"] * 4, 2.0, 0.6, seeds, steps=10, repulsion_weight=0.0)
-    ref = _plain_loop(tiny_backend, images, "3", 2.0, 0.6, seeds, 10)
+def test_lambda_zero_is_the_plain_sampler(backend):
+    images, seeds = _seeds_images(4, backend.image_size), [11, 12, 13, 14]
+    ours = img2img(backend, images, ["3"] * 4, 2.0, 0.6, seeds, steps=10, repulsion_weight=0.0)
+    ref = _plain_loop(backend, images, "3", 2.0, 0.6, seeds, 10)
     torch.testing.assert_close(ours.images, ref, rtol=0, atol=1e-6)
 
 
-def test_repulsion_spreads_the_batch(tiny_backend):
-    images = _seeds_images(1).repeat(6, 1, 1, 1)
+def test_repulsion_spreads_the_batch(backend):
+    images = _seeds_images(1, backend.image_size).repeat(6, 1, 1, 1)
     seeds = list(range(6))
-    plain = img2img(tiny_backend, images, ["5"] * 6, 1.0, 0.8, seeds, steps=10)
-    pushed = img2img(tiny_backend, images, ["5"] * 6, 1.0, 0.8, seeds, steps=10, repulsion_weight=2.0)
+    plain = img2img(backend, images, ["5"] * 6, 1.0, 0.8, seeds, steps=10)
+    pushed = img2img(backend, images, ["5"] * 6, 1.0, 0.8, seeds, steps=10,
+                     repulsion_weight=2.0 * backend.default_lambda)
     d0, d1 = mean_pairwise_distance(plain.latents), mean_pairwise_distance(pushed.latents)
     assert d1 > d0 * 1.02, (d0, d1)
 
 
 @pytest.mark.parametrize("scheduler,eta", [("DDIMScheduler", 0.0), ("DDIMScheduler", 0.5),
                                            ("DPMSolverMultistepScheduler", 0.0)])
-def test_sample_does_not_depend_on_its_batch(tiny_backend, scheduler, eta):
-    images = _seeds_images(4, seed=3)
-    alone = img2img(tiny_backend, images[:1], ["7"], 2.0, 0.5, [99], steps=12, scheduler=scheduler, eta=eta)
-    mixed = img2img(tiny_backend, images, ["7", "1", "7", "2"], [2.0, 0.0, 3.0, 1.0], [0.5, 0.9, 0.3, 1.0],
+def test_sample_does_not_depend_on_its_batch(backend, scheduler, eta):
+    images = _seeds_images(4, backend.image_size, seed=3)
+    alone = img2img(backend, images[:1], ["7"], 2.0, 0.5, [99], steps=12, scheduler=scheduler, eta=eta)
+    mixed = img2img(backend, images, ["7", "1", "7", "2"], [2.0, 0.0, 3.0, 1.0], [0.5, 0.9, 0.3, 1.0],
                     [99, 5, 6, 7], steps=12, scheduler=scheduler, eta=eta)
     torch.testing.assert_close(mixed.images[:1], alone.images, rtol=0, atol=1e-5)
-    again = img2img(tiny_backend, images[[2, 0]], ["7", "7"], [3.0, 2.0], [0.3, 0.5], [6, 99], steps=12,
+    again = img2img(backend, images[[2, 0]], ["7", "7"], [3.0, 2.0], [0.3, 0.5], [6, 99], steps=12,
                     scheduler=scheduler, eta=eta)
     torch.testing.assert_close(again.images[1:], alone.images, rtol=0, atol=1e-5)
 
@@ -168,7 +175,7 @@ def _bundled_seeds(class_name: str, n: int):
 
 @pytest.mark.parametrize("clip", [True, False])
 def test_repulsion_displacement_points_away_from_group_mates_at_every_step(clip):
-    """Bundled backbone with its real scheduler (clip_sample on) and with clipping off: at every step, the latents
+    """Bundled backbone with its real scheduler (clip_sample off) and with clipping on: at every step, the latents
     with repulsion minus those without, from the same state, equal d(z')/d(eps) * lambda * g (eq. 6 through an
     unclipped DDIM step) and have a positive projection on the repulsive direction -g of every sample."""
     from adaptive_dd.backends import create_backend
@@ -176,9 +183,9 @@ def test_repulsion_displacement_points_away_from_group_mates_at_every_step(clip)
     from adaptive_dd.sampler import denoise_step, prepare_cohorts
 
     backend = create_backend("bundled")
-    assert backend.scheduler_config["clip_sample"] is True
-    if not clip:
-        backend.scheduler_config = {**backend.scheduler_config, "clip_sample": False}
+    assert backend.scheduler_config["clip_sample"] is False
+    if clip:
+        backend.scheduler_config = {**backend.scheduler_config, "clip_sample": True}
     data, idx = _bundled_seeds("3", 6)
     x0 = backend.encode(data.tensor(idx, backend.image_size, backend.channels))
     gens = [torch.Generator().manual_seed(s) for s in range(6)]
@@ -202,7 +209,7 @@ def test_repulsion_displacement_points_away_from_group_mates_at_every_step(clip)
 
 
 def test_within_class_distance_grows_with_lambda_under_the_bundled_scheduler():
-    """End to end on the bundled backbone and scheduler (clip_sample on), 10 seeds of one class."""
+    """End to end on the bundled backbone and scheduler, 10 seeds of one class."""
     from adaptive_dd.backends import create_backend
 
     backend = create_backend("bundled")
