@@ -16,12 +16,14 @@ DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 BO_SCOPES = ("batch", "class", "run")
 # What each BO mode sets when a field is left None. "paper": Algorithm 1 as written (a fresh GP per mini-batch, every
 # seed in every proxy, proxies on every other step, the whole budget). "fast": the issue 12 search, chosen by
-# benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"). proxy_stride None leaves
+# benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"); a warm batch evaluates
+# the prior's two best points (one sampler call at q 2) and keeps the better on its own seeds: with one, every batch
+# after the pilot would only confirm the pilot's optimum, a search in name only. proxy_stride None leaves
 # SamplerConfig.proxy_steps None: every other step of the final schedule.
 BO_MODES: dict[str, dict[str, object]] = {
     "paper": {"q": 1, "scope": "batch", "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0,
               "proxy_stride": None},
-    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 1, "early_stop": True, "freeze_after": 4,
+    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4,
              "proxy_stride": 5},
 }
 
@@ -83,8 +85,8 @@ class RepulsionConfig:
 class BOConfig:
     """GP-UCB over betas x gammas; betas None means the backend's own grid.
 
-    objective names what a proxy is scored by (fidelity.OBJECTIVES; "kl" is the paper's eq. 5, the default won the
-    benchmark's validation stage); temperature None is the objective's own
+    objective names what a proxy is scored by (fidelity.OBJECTIVES; "kl" is the paper's eq. 5; the default,
+    the authors' released "confidence", won the benchmark's validation stage); temperature None is the objective's own
     default (1 for the KL objectives, 20 for "confidence"); novelty_weight is w of "kl_novelty".
 
     mode names a preset (BO_MODES) for the cost settings left None, which DistillConfig.validate fills in, so the
@@ -102,7 +104,7 @@ class BOConfig:
     kappa: float = 2.0
     q: int | None = None
     n_initial: int = 4
-    objective: str = "kl_novelty"  # chosen on the val split by benchmarks/run.py (validation.md)
+    objective: str = "confidence"  # chosen on the val split by benchmarks/run.py (validation.md)
     temperature: float | None = None
     novelty_weight: float = 1.0
     mode: str = "fast"
