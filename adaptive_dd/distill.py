@@ -129,6 +129,9 @@ class Shard:
 ONE_PROCESS = Shard()
 
 
+History = dict[str, dict[int, list[tuple[float, float, float]]]]  # class -> batch -> (beta, gamma, f) observed
+
+
 @dataclass
 class Progress:
     """What an interrupted run already wrote: the finished classes, and per class the finished batches'
@@ -137,10 +140,7 @@ class Progress:
 
     classes: set[str] = field(default_factory=set)
     batches: dict[str, dict[int, BatchSummary]] = field(default_factory=dict)
-    history: dict[str, dict[int, list[tuple[float, float, float]]]] = field(default_factory=dict)
-
-
-History = dict[str, dict[int, list[tuple[float, float, float]]]]
+    history: History = field(default_factory=dict)
 
 
 @dataclass
@@ -264,7 +264,7 @@ class Distiller:
         """
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
-        seeds = [noise_seed(cfg.seed, c, s) for s in slots]
+        seeds = self.noise_seeds(class_name, slots)
         m = min(cfg.bo.proxy_seeds or len(seed_images), len(seed_images))
         proxy_view = seed_view[:m]
         target = self.target_index(class_name)
@@ -298,7 +298,7 @@ class Distiller:
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
         slots = list(range(len(seed_images))) if slots is None else slots
-        seeds = [noise_seed(cfg.seed, c, s) for s in slots]
+        seeds = self.noise_seeds(class_name, slots)
         t0 = time.perf_counter()
         seed_view = self.teacher.embed(seed_images)
         target = self.target_index(class_name)

@@ -58,6 +58,15 @@ def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: int = 200):
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
 
 
+def clipped_step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, sched) -> None:
+    """One optimiser and lr-schedule step with the gradient norm clipped at 1 (both backbone stages)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def train_vae(x: torch.Tensor, steps: int, batch_size: int, lr: float, kl_weight: float, g: torch.Generator,
               device: str):
     """L1 reconstruction + kl_weight x KL (per image, summed over latent numbers); returns (vae, last losses).
@@ -76,11 +85,7 @@ def train_vae(x: torch.Tensor, steps: int, batch_size: int, lr: float, kl_weight
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
         rec = F.l1_loss(vae.decode(z).sample, x0.to(device))
         loss = rec + kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        clipped_step(loss, vae, opt, sched)
         losses.append(rec.detach())
         if step % 50 == 0:
             bar.set_postfix(l1=f"{float(torch.stack(losses[-50:]).mean()):.4f}")
@@ -139,11 +144,7 @@ def train_backbone(steps: int, batch_size: int, lr: float, seed: int, out: Path,
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
         z0, labels, noise, t = z0.to(device), labels.to(device), noise.to(device), t.to(device)
         loss = F.mse_loss(unet(scheduler.add_noise(z0, noise, t), t, class_labels=labels).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        clipped_step(loss, unet, opt, sched)
         ema.step(unet.parameters())
         losses.append(loss.detach())
         if step % 50 == 0:  # the only host sync: keeps a GPU busy between reports
