@@ -244,28 +244,31 @@ class Distiller:
         return Regenerated(out.images, out.latents, f, mean_pairwise_distance(out.latents))
 
     def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
-                 weight: float | None = None, bandwidth=None, groups=None):
-        """Proxy (every other step of the final schedule, no repulsion) or full (repulsion) generation."""
+                 weight: float | None = None, bandwidth=None, groups=None, latents: torch.Tensor | None = None):
+        """Proxy (the proxy steps of the final schedule, no repulsion) or full (repulsion) generation; latents: the
+        seeds' encoding when the caller has it."""
         sc = self.config.sampler
         return img2img(self.backend, seed_images, [class_name] * len(seed_images), beta, gamma, seeds,
                        steps=sc.steps, stride=sc.proxy_stride if proxy else 1, scheduler=sc.scheduler, eta=sc.eta,
                        repulsion_weight=0.0 if proxy else (self.weight if weight is None else weight),
                        bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth,
-                       groups=groups)
+                       groups=groups, latents=latents)
 
     def search(self, seed_images: torch.Tensor, seed_view, class_name: str, batch_index: int, slots: list[int],
-               prior: Sequence[tuple[float, float, float]] = ()) -> Generator[BOStep, None, GridBO]:
+               prior: Sequence[tuple[float, float, float]] = (),
+               seed_latents: torch.Tensor | None = None) -> Generator[BOStep, None, GridBO]:
         """BO over the grid for one mini-batch (Algorithm 1, lines 6-13): a BOStep per round; returns the GridBO.
 
         prior: (beta, gamma, f) from earlier mini-batches (the scope's), seeding the GP; with one, the search has
         bo.warm_budget evaluations (0: bo.budget). Proxies run on the batch's first bo.proxy_seeds seeds (0: all);
-        with bo.early_stop the search ends once no unevaluated point's UCB
-        beats the best observed.
+        with bo.early_stop the search ends once no unevaluated point's UCB beats the best observed.
+        seed_latents: backend.encode(seed_images), which the final pass shares (default: encoded here).
         """
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
         seeds = self.noise_seeds(class_name, slots)
         m = min(cfg.bo.proxy_seeds or len(seed_images), len(seed_images))
+        x0 = (self.backend.encode(seed_images) if seed_latents is None else seed_latents)[:m]
         proxy_view = seed_view[:m]
         target = self.target_index(class_name)
         bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
@@ -279,7 +282,8 @@ class Distiller:
             b = [bo.betas[i] for i, _ in points]
             g = [bo.gammas[j] for _, j in points]
             out = self.generate(seed_images[:m].repeat(len(points), 1, 1, 1), class_name,
-                                np.repeat(b, m), np.repeat(g, m), seeds[:m] * len(points), proxy=True)
+                                np.repeat(b, m), np.repeat(g, m), seeds[:m] * len(points), proxy=True,
+                                latents=x0.repeat(len(points), *([1] * (x0.dim() - 1))))
             gen_view = self.teacher.embed(out.images)
             values = [self.objective(proxy_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
             bo.tell(points, values)
@@ -293,25 +297,29 @@ class Distiller:
                   prior: Sequence[tuple[float, float, float]] = ()) -> Iterator[BOStep | BatchDone]:
         """BO for one mini-batch (search), then its full regeneration (Algorithm 1, lines 14-16).
 
-        seconds_bo counts all the search does: the teacher's view of the seeds, proxies, their scores and GP fits.
+        The seeds are encoded and seen by the teacher once, for the proxies and the final pass alike. seconds_bo
+        counts what the search adds (proxies, their scores, GP fits); seconds_final counts the final pass and that
+        shared work, which a run without BO does too (the final pass starts from the latents, f_final needs the view).
         """
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
         slots = list(range(len(seed_images))) if slots is None else slots
         seeds = self.noise_seeds(class_name, slots)
         t0 = time.perf_counter()
+        seed_latents = self.backend.encode(seed_images)
         seed_view = self.teacher.embed(seed_images)
         target = self.target_index(class_name)
-        bo = yield from self.search(seed_images, seed_view, class_name, batch_index, slots, prior)
+        t1 = time.perf_counter()
+        bo = yield from self.search(seed_images, seed_view, class_name, batch_index, slots, prior, seed_latents)
         beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if bo.observations else \
             (self.betas[0], cfg.bo.gammas[0], None)
-        t1 = time.perf_counter()
-        final = self.generate(seed_images, class_name, beta, gamma, seeds, proxy=False)
-        f_final = self.objective(seed_view, self.teacher.embed(final.images), target)
         t2 = time.perf_counter()
+        final = self.generate(seed_images, class_name, beta, gamma, seeds, proxy=False, latents=seed_latents)
+        f_final = self.objective(seed_view, self.teacher.embed(final.images), target)
+        t3 = time.perf_counter()
         yield BatchDone(class_name, c, batch_index, final.images, seed_images, list(seed_ids), slots, beta,
                         gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
-                        t1 - t0, t2 - t1)
+                        t2 - t1, (t3 - t2) + (t1 - t0))
 
     @property
     def pilot(self) -> str:

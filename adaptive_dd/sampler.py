@@ -203,6 +203,7 @@ def img2img(
     stride: int = 1,
     decode_batch: int = 16,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    latents: torch.Tensor | None = None,
 ) -> SampleResult:
     """Regenerate `images` (N, C, H, W in [0, 1]) through the backbone.
 
@@ -214,6 +215,8 @@ def img2img(
         repulsion_weight, bandwidth, groups: eq. 6 within each group id (default: one group). 0 = plain sampler.
         stride: take every stride-th step of the gamma's full schedule from its start (BO proxies: 2).
         callback: called as callback(loop_step, latents) after every step (latents of all samples, not copied).
+        latents: backend.encode(images), when the caller has it already (a mini-batch's proxies and its final pass
+            share one encoding of the seeds); the images are not encoded again.
     """
     n = len(images)
     probe = backend.make_scheduler(scheduler)
@@ -224,7 +227,9 @@ def img2img(
     group = torch.zeros(n, dtype=torch.long) if groups is None else torch.as_tensor(groups).expand(n)
 
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    x0 = backend.encode(images)
+    if latents is not None and len(latents) != n:
+        raise ValueError(f"{n} images but {len(latents)} latents")
+    x0 = backend.encode(images) if latents is None else latents.to(dev)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(dev, x0.dtype)
     cohorts, z = prepare_cohorts(backend, x0, noise, gamma, steps, scheduler, stride, eta)
     cond, null = backend.condition(list(classes)), backend.null_condition(n)

@@ -224,3 +224,52 @@ def test_a_frozen_kernel_gives_the_posterior_of_a_fresh_fit_with_that_kernel():
     for o in bo.observations:
         learned.tell([o.index], [o.f])
     assert learned.kernel is None and learned._model.kernel_.get_params() != bo.kernel.get_params()
+
+
+def test_a_prior_is_fitted_once_and_a_cached_fit_equals_a_fresh_one(monkeypatch):
+    """Every class of a run-scope search starts from the pilot's prior: the second GridBO with that prior reuses the
+    fit (no GP is fitted), whatever its seed, and its posterior, design and frozen kernel are a fresh fit's."""
+    from adaptive_dd import bo as bo_module
+
+    prior = [(BETAS[i], GAMMAS[j], ridge(BETAS[i], GAMMAS[j])) for i, j in ((0, 0), (2, 3), (4, 1), (5, 5), (1, 4))]
+    monkeypatch.setattr(bo_module, "_PRIOR_FITS", {})
+    first = GridBO(BETAS, GAMMAS, seed=1, prior=prior, freeze_after=4)
+    fits = []
+    real_fit = GridBO._fit
+    monkeypatch.setattr(GridBO, "_fit", lambda self, *a, **k: fits.append(a) or real_fit(self, *a, **k))
+    again = GridBO(BETAS, GAMMAS, seed=9, prior=prior, freeze_after=4)
+    assert fits == []
+    monkeypatch.setattr(bo_module, "_PRIOR_FITS", {})
+    fresh = GridBO(BETAS, GAMMAS, seed=9, prior=prior, freeze_after=4)
+    assert len(fits) == 1
+    for a, b in ((again, fresh), (first, fresh)):
+        np.testing.assert_array_equal(a.posterior().ucb, b.posterior().ucb)
+        assert a._design == b._design and np.array_equal(a.kernel.theta, b.kernel.theta)
+    other = GridBO(BETAS, GAMMAS, seed=9, prior=prior[:-1], freeze_after=4)  # another prior: its own fit
+    assert len(fits) == 2 and not np.array_equal(other.posterior().mean, fresh.posterior().mean)
+
+
+def test_gp_algebra_runs_on_one_blas_thread(monkeypatch):
+    """OpenBLAS workers spin after each call and take the cores from the next UNet call: fits and predictions
+    hold the BLAS pools at one thread, and give them back afterwards."""
+    from skopt.learning import GaussianProcessRegressor
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    real_fit, real_predict = GaussianProcessRegressor.fit, GaussianProcessRegressor.predict
+    monkeypatch.setattr(GaussianProcessRegressor, "fit",
+                        lambda self, *a, **k: seen.append(blas_threads()) or real_fit(self, *a, **k))
+    monkeypatch.setattr(GaussianProcessRegressor, "predict",
+                        lambda self, *a, **k: seen.append(blas_threads()) or real_predict(self, *a, **k))
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a multi-core machine, whatever this one has
+        before = blas_threads()
+        bo = GridBO(BETAS, GAMMAS, n_initial=2, seed=0)
+        for _ in range(3):
+            points = bo.ask(2)
+            bo.tell(points, [ridge(BETAS[i], GAMMAS[j]) for i, j in points])
+        bo.posterior()
+        assert seen and all(s == {1} for s in seen), seen
+        assert blas_threads() == before == {2}

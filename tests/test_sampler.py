@@ -165,6 +165,38 @@ def test_distiller_proxy_runs_the_modes_share_of_the_unet_calls_of_the_final_pas
     assert (n_proxy, len(calls) - n_proxy) == (proxy_calls, 14)
 
 
+def test_given_latents_replace_the_encoding_and_must_match_the_images(tiny_latent_backend):
+    images, seeds = _seeds_images(3, tiny_latent_backend.image_size, seed=4), [3, 4, 5]
+    encoded = img2img(tiny_latent_backend, images, ["1"] * 3, 2.0, 0.6, seeds, steps=10)
+    given = img2img(tiny_latent_backend, images, ["1"] * 3, 2.0, 0.6, seeds, steps=10,
+                    latents=tiny_latent_backend.encode(images))
+    assert torch.equal(given.images, encoded.images)
+    other = img2img(tiny_latent_backend, images, ["1"] * 3, 2.0, 0.6, seeds, steps=10,
+                    latents=tiny_latent_backend.encode(images.flip(0)))  # the latents, not the images, are used
+    assert torch.allclose(other.images[1], encoded.images[1], atol=1e-6)  # the middle one is where it was
+    assert not torch.allclose(other.images[0], encoded.images[0], atol=1e-3)
+    with pytest.raises(ValueError, match="3 images but 2 latents"):
+        img2img(tiny_latent_backend, images, ["1"] * 3, 2.0, 0.6, seeds, steps=10,
+                latents=tiny_latent_backend.encode(images[:2]))
+
+
+def test_a_batch_encodes_its_seeds_once_for_its_proxies_and_final_pass(tiny_latent_backend, tiny_teacher, monkeypatch):
+    from adaptive_dd.config import BOConfig, DistillConfig, SamplerConfig
+    from adaptive_dd.distill import BatchDone, Distiller
+
+    dist = Distiller(DistillConfig(classes=["1"], ipc=3, m_seed=3, sampler=SamplerConfig(steps=10),
+                                   bo=BOConfig(betas=(1.0, 2.0), gammas=(0.5, 0.7), budget=3, mode="paper")),
+                     backend=tiny_latent_backend, teacher=tiny_teacher)
+    encoded = []
+    real = tiny_latent_backend.encode
+    monkeypatch.setattr(tiny_latent_backend, "encode", lambda x: encoded.append(len(x)) or real(x))
+    images = _seeds_images(3, tiny_latent_backend.image_size, seed=6)
+    done = list(dist.run_batch(images, ["a", "b", "c"], "1"))[-1]
+    assert isinstance(done, BatchDone) and len(done.observations) == 3 and encoded == [3]
+    again = dist.regenerate(images, "1", done.beta, done.gamma, done.slots)
+    assert torch.equal(again.images, done.images)
+
+
 def _bundled_seeds(class_name: str, n: int):
     from adaptive_dd.data import load_dataset
 
