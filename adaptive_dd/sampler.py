@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 
 import numpy as np
 import torch
@@ -91,6 +92,12 @@ def eps_to_latent(scheduler, t: int, t_next: int | None, eta: float = 0.0) -> fl
     return math.sqrt(max(1 - a_next - var, 0.0)) - math.sqrt(a_next / a) * math.sqrt(1 - a)
 
 
+@cache
+def _takes(cls: type, method: str, parameter: str) -> bool:
+    """Whether a scheduler class's method has the parameter (asked once per class: inspect is slow)."""
+    return parameter in inspect.signature(getattr(cls, method)).parameters
+
+
 def _strided_scheduler(backend: Backend, name: str, stride: int, wanted: torch.Tensor):
     """A scheduler that runs exactly the timesteps `wanted` (every stride-th of the full schedule's tail).
 
@@ -99,7 +106,7 @@ def _strided_scheduler(backend: Backend, name: str, stride: int, wanted: torch.T
     gap exactly the proxy's, whatever the rounding of steps // stride would give.
     """
     sch = backend.make_scheduler(name)
-    if "timesteps" in inspect.signature(sch.set_timesteps).parameters:
+    if _takes(type(sch), "set_timesteps", "timesteps"):
         sch.set_timesteps(timesteps=[int(t) for t in wanted], device=wanted.device)
         if not torch.equal(sch.timesteps.to(wanted.device, wanted.dtype), wanted):
             raise ValueError(f"{name} did not accept the proxy timesteps {wanted.tolist()}")
@@ -124,7 +131,7 @@ def check_inputs(images: torch.Tensor, classes: Sequence[str], seeds: Sequence[i
     if stride > 1 and scheduler.order != 1:
         raise ValueError(f"proxies on every {stride}th step need a first-order scheduler, not "
                          f"{type(scheduler).__name__} (order {scheduler.order})")
-    if eta > 0 and "variance_noise" not in inspect.signature(scheduler.step).parameters:
+    if eta > 0 and not _takes(type(scheduler), "step", "variance_noise"):
         raise ValueError(f"eta > 0 needs a scheduler that takes per-sample variance_noise (DDIMScheduler), "
                          f"not {type(scheduler).__name__}")
 

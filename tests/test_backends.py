@@ -129,3 +129,18 @@ def test_bundled_backbone_is_a_latent_unet_at_mnist_resolution():
     assert isinstance(b, ClassLatentUNetBackend) and b.image_size >= 28 and b.channels == 1
     assert b.scheduler_config["clip_sample"] is False and b.scheduler_config.get("thresholding") is False
     assert len(b.classes) == 10 and b.default_lambda > 0
+
+
+def test_schedulers_are_fresh_copies_of_the_config_and_overrides(tiny_backend):
+    import diffusers
+
+    first = tiny_backend.make_scheduler("DDIMScheduler")
+    first.set_timesteps(10)
+    again = tiny_backend.make_scheduler("DDIMScheduler")  # the first one's state does not leak into the next
+    assert again.num_inference_steps is None and again is not first
+    fresh = diffusers.DDIMScheduler.from_config(tiny_backend.scheduler_config)
+    assert dict(again.config) == dict(fresh.config) and torch.equal(again.alphas_cumprod, fresh.alphas_cumprod)
+    other = tiny_backend.make_scheduler("DDIMScheduler", clip_sample=not fresh.config.clip_sample)
+    assert other.config.clip_sample is not fresh.config.clip_sample
+    assert tiny_backend.make_scheduler("DDIMScheduler").config.clip_sample == fresh.config.clip_sample
+    assert type(tiny_backend.make_scheduler("EulerDiscreteScheduler")) is diffusers.EulerDiscreteScheduler
