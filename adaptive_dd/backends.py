@@ -53,7 +53,7 @@ class Backend(ABC):
     def make_scheduler(self, name: str = "DDIMScheduler", **overrides):
         """A fresh scheduler of class `name` from the backbone's scheduler config (overrides win).
 
-        A copy of one built per (name, overrides): building one computes its 1,000-step noise schedule in Python,
+        A copy of one built per (name, config, overrides): building one computes its 1,000-step noise schedule in Python,
         a few ms that every sampler call paid three times (a BO proxy on a small model takes ~50 ms).
         """
         import diffusers

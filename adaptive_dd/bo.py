@@ -65,8 +65,13 @@ def unwarp(y: np.ndarray, kind: str) -> np.ndarray:
 
 @cache
 def _blas() -> ThreadpoolController:
-    """The process's BLAS pools, found once (GP fits and predictions run with one thread; see above)."""
+    """The process's BLAS pools, found once."""
     return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """The context GP fits and predictions run in (see above)."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 PRIOR_FITS_KEPT = 64
@@ -163,9 +168,14 @@ class GridBO:
             if len(_PRIOR_FITS) >= PRIOR_FITS_KEPT:
                 _PRIOR_FITS.pop(next(iter(_PRIOR_FITS)))
             _PRIOR_FITS[key] = gp
-        elif self.freeze_after and len(self.prior) >= self.freeze_after:
-            self.kernel = gp.kernel_
+        else:
+            self._freeze(gp, len(self.prior))
         return gp
+
+    def _freeze(self, gp, n_points: int) -> None:
+        """Fix the kernel at gp's once a fit has seen freeze_after points (the prior's included)."""
+        if self.kernel is None and self.freeze_after and n_points >= self.freeze_after:
+            self.kernel = gp.kernel_
 
     def _fit(self, flat_idx: list[int], y: list[float], learn: bool = True):
         """The GP on this batch's points plus the prior's (a point observed here drops the prior's value).
@@ -186,18 +196,18 @@ class GridBO:
                 + WhiteKernel(1e-3, (1e-6, 1e-2))
             gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0 if self.prior else 2,
                                           random_state=self.seed % 2**32)
-        with warnings.catch_warnings(), _blas().limit(limits=1, user_api="blas"):
+        with warnings.catch_warnings(), _one_blas_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(x, target)
-        if learn and self.kernel is None and self.freeze_after and len(target) >= self.freeze_after:
-            self.kernel = gp.kernel_
+        if learn:
+            self._freeze(gp, len(target))
         return gp
 
     def _predict(self, model) -> tuple[np.ndarray, np.ndarray]:
         if model is None:
             n = len(self.coords)
             return np.zeros(n), np.ones(n)
-        with _blas().limit(limits=1, user_api="blas"):
+        with _one_blas_thread():
             mean, std = model.predict(self.coords, return_std=True)
         return mean, np.maximum(std, 0.0)
 

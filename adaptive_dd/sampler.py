@@ -122,10 +122,12 @@ def _strided_scheduler(backend: Backend, name: str, stride: int, wanted: torch.T
 
 
 def check_inputs(images: torch.Tensor, classes: Sequence[str], seeds: Sequence[int], steps: int, stride: int,
-                 eta: float, scheduler) -> None:
+                 eta: float, scheduler, latents: torch.Tensor | None = None) -> None:
     n = len(images)
     if not (len(classes) == len(seeds) == n):
         raise ValueError(f"{n} images but {len(classes)} classes and {len(seeds)} seeds")
+    if latents is not None and len(latents) != n:
+        raise ValueError(f"{n} images but {len(latents)} latents")
     if stride < 1 or stride > steps:
         raise ValueError(f"stride must be in [1, steps = {steps}], got {stride}")
     if stride > 1 and scheduler.order != 1:
@@ -227,15 +229,13 @@ def img2img(
     """
     n = len(images)
     probe = backend.make_scheduler(scheduler)
-    check_inputs(images, classes, seeds, steps, stride, eta, probe)
+    check_inputs(images, classes, seeds, steps, stride, eta, probe, latents)
     dev = backend.device
     beta = torch.as_tensor(betas, dtype=torch.float32).expand(n).to(dev)
     gamma = torch.as_tensor(gammas, dtype=torch.float64).expand(n)
     group = torch.zeros(n, dtype=torch.long) if groups is None else torch.as_tensor(groups).expand(n)
 
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    if latents is not None and len(latents) != n:
-        raise ValueError(f"{n} images but {len(latents)} latents")
     x0 = backend.encode(images) if latents is None else latents.to(dev)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(dev, x0.dtype)
     cohorts, z = prepare_cohorts(backend, x0, noise, gamma, steps, scheduler, stride, eta)

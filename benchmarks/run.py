@@ -132,14 +132,24 @@ def generate(config: DistillConfig) -> dict:
             "lambda": dist.weight, "betas": list(dist.betas), "objective": dist.objective.name}
 
 
+def as_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] as the 8-bit arrays sets travel in (see as_set)."""
+    return (images * 255).round().to(torch.uint8).numpy()
+
+
+def seed_indices(config: DistillConfig, data) -> tuple[list[int], list[str]]:
+    """The train-split indices of every seed the run draws, class by class and batch by batch, and its classes."""
+    dist = Distiller(config, dataset=data)
+    return [i for c in dist.classes for batch in dist.seed_plan(c)[0] for i in batch], dist.classes
+
+
 def real_seeds(config: DistillConfig) -> dict:
     """The random-real baseline: exactly the seeds the generative methods start from, at native resolution."""
     data = load_dataset(config.data, "train")
-    dist = Distiller(config, dataset=data)
-    idx = [i for c in dist.classes for batch in dist.seed_plan(c)[0] for i in batch]
+    idx, classes = seed_indices(config, data)
     size = data.images[idx[0]].size[0]
-    images = (data.tensor(idx, size, 1) * 255).round().to(torch.uint8).numpy()
-    return {"images": images, "labels": data.labels[idx].astype(np.int64), "classes": dist.classes}
+    return {"images": as_uint8(data.tensor(idx, size, 1)), "labels": data.labels[idx].astype(np.int64),
+            "classes": classes}
 
 
 _WORKER: dict = {}

@@ -15,7 +15,6 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,13 +24,7 @@ import run as bench  # noqa: E402
 
 from adaptive_dd.backends import create_backend  # noqa: E402
 from adaptive_dd.data import load_dataset  # noqa: E402
-from adaptive_dd.distill import Distiller  # noqa: E402
 from adaptive_dd.evaluation.students import StudentConfig  # noqa: E402
-
-
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    """Sets travel to the student processes as 8-bit arrays, like benchmarks/run.py's."""
-    return (images * 255).round().to(torch.uint8).numpy()
 
 
 def main() -> None:
@@ -39,13 +32,12 @@ def main() -> None:
     config = bench._make_config("uci-digits", 10, False, None, None, None, "confidence", "fast")
     real = bench.real_seeds(config)
     data = load_dataset("uci-digits", "train")
-    dist = Distiller(config, dataset=data)
-    idx = [i for c in dist.classes for batch in dist.seed_plan(c)[0] for i in batch]
+    idx, _ = bench.seed_indices(config, data)
     backend = create_backend("bundled")
     x = data.tensor(idx, backend.image_size, backend.channels)
     rec = backend.decode(backend.encode(x)).cpu()
-    sets = {"seeds_native_8px": real, f"seeds_{backend.image_size}px": dict(real, images=_uint8(x)),
-            "vae_reconstruction": dict(real, images=_uint8(rec))}
+    sets = {"seeds_native_8px": real, f"seeds_{backend.image_size}px": dict(real, images=bench.as_uint8(x)),
+            "vae_reconstruction": dict(real, images=bench.as_uint8(rec))}
     scfg = StudentConfig()
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
                              initializer=bench._init_student_worker) as pool:
