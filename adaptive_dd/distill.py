@@ -11,6 +11,10 @@ mini-batch, all seeds, every other step); "fast" warm-starts each mini-batch's G
 class and of the run's first class (the pilot), runs proxies on a few seeds and fewer steps, and spends a small
 budget where a prior exists.
 
+A mini-batch's first proxy round is fixed before any of its proxies run (the design's first points, from the
+prior alone), so it rides in the previous mini-batch's final pass: one sampler call (sampler.img2img_jobs) for both,
+with each job's images exactly those it gets alone. The next batch's time is its marginal cost in that call.
+
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
 and a warm start's prior comes from finished batches only (a process without the pilot's searches them itself), so
 classes can be spread over processes (Shard) and finished batches skipped (Progress) without changing a byte.
@@ -30,9 +34,9 @@ from .bo import GridBO, GridPosterior, Observation
 from .classmap import align_teacher, class_notes
 from .config import ConfigError, DistillConfig, RepulsionConfig
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
-from .fidelity import Teacher, load_teacher
+from .fidelity import Embedding, Teacher, load_teacher
 from .repulsion import Bandwidth, mean_pairwise_distance
-from .sampler import img2img, noise_seed
+from .sampler import Job, SampleResult, img2img_jobs, noise_seed
 
 
 @dataclass
@@ -106,6 +110,27 @@ class RunDone:
 Event = BOStep | BatchDone | ClassDone | RunDone
 
 
+@dataclass
+class _Batch:
+    """One mini-batch made ready to run: its seeds loaded, encoded and seen by the teacher, its GP built on the
+    scope's prior, and, when it rode in the previous batch's final pass, its first proxy round already generated."""
+
+    class_name: str
+    class_index: int
+    index: int
+    images: torch.Tensor
+    ids: list[str]
+    slots: list[int]
+    noise: list[int]  # the slots' noise seeds
+    latents: torch.Tensor
+    view: Embedding
+    bo: GridBO
+    budget: int
+    seconds_shared: float  # encoding and the teacher's view: final-pass time, a run without BO does it too
+    seconds_bo: float  # the prior (and pilot searches this process ran for it), the GP, a ridden first round
+    first: tuple[list[tuple[int, int]], torch.Tensor] | None = None  # (points, proxy images) of the first round
+
+
 def _no_wait() -> None:
     """The barrier of a single process: nothing to wait for."""
 
@@ -169,6 +194,20 @@ def default_teacher(data: str) -> str:
     if data in BUILTIN_DATASETS:
         return data
     raise ConfigError(f"no bundled teacher for {data!r}: give one with --teacher NAME[:CHECKPOINT] or a directory")
+
+
+def _observed(observations: Sequence[Observation]) -> list[tuple[float, float, float]]:
+    """Observations as history keeps them: (beta, gamma, f)."""
+    return [(o.beta, o.gamma, o.f) for o in observations]
+
+
+def _outcome(steps: Generator[BOStep, None, GridBO]) -> GridBO:
+    """Run a search to its end for its result alone (its events are not wanted)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 class Distiller:
@@ -243,83 +282,133 @@ class Distiller:
                            self.target_index(class_name))
         return Regenerated(out.images, out.latents, f, mean_pairwise_distance(out.latents))
 
-    def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
-                 weight: float | None = None, bandwidth=None, groups=None, latents: torch.Tensor | None = None):
-        """Proxy (the proxy steps of the final schedule, no repulsion) or full (repulsion) generation; latents: the
-        seeds' encoding when the caller has it."""
+    def job(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
+            weight: float | None = None, bandwidth=None, groups=None, latents: torch.Tensor | None = None) -> Job:
+        """A proxy (the proxy steps of the final schedule, no repulsion) or full (repulsion) sampler job; latents:
+        the seeds' encoding when the caller has it."""
+        return Job(seed_images, [class_name] * len(seed_images), beta, gamma, seeds,
+                   stride=self.config.sampler.proxy_stride if proxy else 1,
+                   repulsion_weight=0.0 if proxy else (self.weight if weight is None else weight),
+                   bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth,
+                   groups=groups, latents=latents)
+
+    def sample(self, jobs: list[Job]) -> list[SampleResult]:
+        """Jobs in one denoising loop with the run's sampler settings."""
         sc = self.config.sampler
-        return img2img(self.backend, seed_images, [class_name] * len(seed_images), beta, gamma, seeds,
-                       steps=sc.steps, stride=sc.proxy_stride if proxy else 1, scheduler=sc.scheduler, eta=sc.eta,
-                       repulsion_weight=0.0 if proxy else (self.weight if weight is None else weight),
-                       bandwidth=self.config.repulsion.bandwidth if bandwidth is None else bandwidth,
-                       groups=groups, latents=latents)
+        return img2img_jobs(self.backend, jobs, steps=sc.steps, scheduler=sc.scheduler, eta=sc.eta)
 
-    def search(self, seed_images: torch.Tensor, seed_view, class_name: str, batch_index: int, slots: list[int],
-               prior: Sequence[tuple[float, float, float]] = (),
-               seed_latents: torch.Tensor | None = None) -> Generator[BOStep, None, GridBO]:
-        """BO over the grid for one mini-batch (Algorithm 1, lines 6-13): a BOStep per round; returns the GridBO.
+    def generate(self, seed_images: torch.Tensor, class_name: str, beta, gamma, seeds: list[int], *, proxy: bool,
+                 weight: float | None = None, bandwidth=None, groups=None,
+                 latents: torch.Tensor | None = None) -> SampleResult:
+        """One job (see job) run alone."""
+        return self.sample([self.job(seed_images, class_name, beta, gamma, seeds, proxy=proxy, weight=weight,
+                                     bandwidth=bandwidth, groups=groups, latents=latents)])[0]
 
-        prior: (beta, gamma, f) from earlier mini-batches (the scope's), seeding the GP; with one, the search has
-        bo.warm_budget evaluations (0: bo.budget). Proxies run on the batch's first bo.proxy_seeds seeds (0: all);
-        with bo.early_stop the search ends once no unevaluated point's UCB beats the best observed.
-        seed_latents: backend.encode(seed_images), which the final pass shares (default: encoded here).
-        """
+    def prepare(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
+                slots: list[int] | None = None, prior: Sequence[tuple[float, float, float]] = ()) -> _Batch:
+        """A mini-batch ready for its search: seeds encoded and seen by the teacher once (for its proxies and its
+        final pass), the GP built on prior (the scope's earlier observations) and the budget set: bo.warm_budget
+        evaluations with a prior (0: bo.budget), none on a one-point grid (nothing to choose)."""
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
-        seeds = self.noise_seeds(class_name, slots)
-        m = min(cfg.bo.proxy_seeds or len(seed_images), len(seed_images))
-        x0 = (self.backend.encode(seed_images) if seed_latents is None else seed_latents)[:m]
-        proxy_view = seed_view[:m]
-        target = self.target_index(class_name)
+        slots = list(range(len(seed_images))) if slots is None else slots
+        t0 = time.perf_counter()
+        latents = self.backend.encode(seed_images)
+        view = self.teacher.embed(seed_images)
+        t1 = time.perf_counter()
         bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
                     seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp, prior=prior,
                     freeze_after=cfg.bo.freeze_after)
         grid_size = len(self.betas) * len(cfg.bo.gammas)
         budget = cfg.bo.warm_budget if bo.prior and cfg.bo.warm_budget else cfg.bo.budget
-        budget = 0 if grid_size == 1 else min(budget, grid_size)  # a one-point grid leaves nothing to choose
-        while len(bo.observations) < budget and not (cfg.bo.early_stop and bo.observations and bo.should_stop()):
-            points = bo.ask(min(cfg.bo.q, budget - len(bo.observations)))
-            b = [bo.betas[i] for i, _ in points]
-            g = [bo.gammas[j] for _, j in points]
-            out = self.generate(seed_images[:m].repeat(len(points), 1, 1, 1), class_name,
-                                np.repeat(b, m), np.repeat(g, m), seeds[:m] * len(points), proxy=True,
-                                latents=x0.repeat(len(points), *([1] * (x0.dim() - 1))))
-            gen_view = self.teacher.embed(out.images)
+        budget = 0 if grid_size == 1 else min(budget, grid_size)
+        return _Batch(class_name, c, batch_index, seed_images, list(seed_ids), slots,
+                      self.noise_seeds(class_name, slots), latents, view, bo, budget, t1 - t0,
+                      time.perf_counter() - t1)
+
+    def _proxy_seeds(self, batch: _Batch) -> int:
+        return min(self.config.bo.proxy_seeds or len(batch.images), len(batch.images))
+
+    def proxy_job(self, batch: _Batch, points: list[tuple[int, int]]) -> Job:
+        """The proxies of one BO round: every point on the batch's first bo.proxy_seeds seeds (0: all)."""
+        m = self._proxy_seeds(batch)
+        b = [batch.bo.betas[i] for i, _ in points]
+        g = [batch.bo.gammas[j] for _, j in points]
+        x0 = batch.latents[:m]
+        return self.job(batch.images[:m].repeat(len(points), 1, 1, 1), batch.class_name, np.repeat(b, m),
+                        np.repeat(g, m), batch.noise[:m] * len(points), proxy=True,
+                        latents=x0.repeat(len(points), *([1] * (x0.dim() - 1))))
+
+    def first_round(self, batch: _Batch) -> list[tuple[int, int]]:
+        """The points of the batch's first BO round: fixed before any proxy runs (the design's first q)."""
+        return batch.bo.ask(min(self.config.bo.q, batch.budget)) if batch.budget else []
+
+    def search(self, batch: _Batch) -> Generator[BOStep, None, GridBO]:
+        """BO over the grid for one mini-batch (Algorithm 1, lines 6-13): a BOStep per round; returns the GridBO.
+
+        With bo.early_stop the search ends once no unevaluated point's UCB beats the best observed. A first round
+        the batch already holds (batch.first) is scored, not generated again.
+        """
+        cfg, bo = self.config, batch.bo
+        m = self._proxy_seeds(batch)
+        proxy_view = batch.view[:m]
+        target = self.target_index(batch.class_name)
+        first, batch.first = batch.first, None
+        while len(bo.observations) < batch.budget and not (cfg.bo.early_stop and bo.observations
+                                                           and bo.should_stop()):
+            if first is not None:
+                (points, images), first = first, None
+            else:
+                points = bo.ask(min(cfg.bo.q, batch.budget - len(bo.observations)))
+                images = self.sample([self.proxy_job(batch, points)])[0].images
+            gen_view = self.teacher.embed(images)
             values = [self.objective(proxy_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
             bo.tell(points, values)
-            yield BOStep(class_name, c, batch_index, len(bo.observations), budget, bo.observations[-len(points):],
-                         list(bo.observations), bo.posterior(), bo.best,
-                         out.images.view(len(points), m, *out.images.shape[1:]), seed_images, bo.prior_points)
+            yield BOStep(batch.class_name, batch.class_index, batch.index, len(bo.observations), batch.budget,
+                         bo.observations[-len(points):], list(bo.observations), bo.posterior(), bo.best,
+                         images.view(len(points), m, *images.shape[1:]), batch.images, bo.prior_points)
         return bo
 
     def run_batch(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
                   slots: list[int] | None = None,
                   prior: Sequence[tuple[float, float, float]] = ()) -> Iterator[BOStep | BatchDone]:
-        """BO for one mini-batch (search), then its full regeneration (Algorithm 1, lines 14-16).
+        """BO for one mini-batch (search), then its full regeneration (Algorithm 1, lines 14-16)."""
+        yield from self._run(self.prepare(seed_images, seed_ids, class_name, batch_index, slots, prior))
 
-        The seeds are encoded and seen by the teacher once, for the proxies and the final pass alike. seconds_bo
-        counts what the search adds (proxies, their scores, GP fits); seconds_final counts the final pass and that
-        shared work, which a run without BO does too (the final pass starts from the latents, f_final needs the view).
+    def _run(self, batch: _Batch,
+             after_search: Callable[[GridBO], _Batch | None] | None = None) -> Iterator[BOStep | BatchDone]:
+        """Search, then the final pass. after_search(bo) may hand over the next mini-batch, whose first proxy round
+        then rides in this final pass (and is its own time, not this batch's).
+
+        seconds_bo counts what the search adds (proxies, their scores, GP fits); seconds_final counts the final
+        pass and the work it shares with the proxies, which a run without BO does too (the encoding of the seeds,
+        the teacher's view of them).
         """
         cfg = self.config
-        c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
-        slots = list(range(len(seed_images))) if slots is None else slots
-        seeds = self.noise_seeds(class_name, slots)
         t0 = time.perf_counter()
-        seed_latents = self.backend.encode(seed_images)
-        seed_view = self.teacher.embed(seed_images)
-        target = self.target_index(class_name)
-        t1 = time.perf_counter()
-        bo = yield from self.search(seed_images, seed_view, class_name, batch_index, slots, prior, seed_latents)
+        bo = yield from self.search(batch)
+        t_search = time.perf_counter() - t0
         beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if bo.observations else \
             (self.betas[0], cfg.bo.gammas[0], None)
+        nxt = after_search(bo) if after_search is not None else None
+        jobs = [self.job(batch.images, batch.class_name, beta, gamma, batch.noise, proxy=False,
+                         latents=batch.latents)]
+        t_ask = time.perf_counter()
+        points = self.first_round(nxt) if nxt is not None else []
+        if nxt is not None:
+            nxt.seconds_bo += time.perf_counter() - t_ask
+        if points:
+            jobs.append(self.proxy_job(nxt, points))
+        final, *ride = self.sample(jobs)
+        if ride:
+            nxt.first = (points, ride[0].images)
+            nxt.seconds_bo += ride[0].seconds
         t2 = time.perf_counter()
-        final = self.generate(seed_images, class_name, beta, gamma, seeds, proxy=False, latents=seed_latents)
-        f_final = self.objective(seed_view, self.teacher.embed(final.images), target)
-        t3 = time.perf_counter()
-        yield BatchDone(class_name, c, batch_index, final.images, seed_images, list(seed_ids), slots, beta,
-                        gamma, f_proxy, f_final, mean_pairwise_distance(final.latents), list(bo.observations),
-                        t2 - t1, (t3 - t2) + (t1 - t0))
+        f_final = self.objective(batch.view, self.teacher.embed(final.images), self.target_index(batch.class_name))
+        seconds_final = final.seconds + (time.perf_counter() - t2) + batch.seconds_shared
+        yield BatchDone(batch.class_name, batch.class_index, batch.index, final.images, batch.images, batch.ids,
+                        batch.slots, beta, gamma, f_proxy, f_final, mean_pairwise_distance(final.latents),
+                        list(bo.observations), t_search + batch.seconds_bo, seconds_final)
 
     @property
     def pilot(self) -> str:
@@ -347,22 +436,24 @@ class Distiller:
     def _pilot_history(self, history: History) -> dict[int, list[tuple[float, float, float]]]:
         """The pilot class's observations per batch, searching those history lacks (no final pass)."""
         done = history.setdefault(self.pilot, {})
-        plan, _ = self.seed_plan(self.pilot)
-        start = 0
-        for b, idx in enumerate(plan):
+        for b, idx, slots in self._batches(self.pilot):
             if b not in done:
-                images = self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
-                slots = list(range(start, start + len(idx)))
-                steps = self.search(images, self.teacher.embed(images), self.pilot, b, slots,
-                                    self.prior(self.pilot, b, history))
-                while True:
-                    try:
-                        next(steps)
-                    except StopIteration as stop:
-                        done[b] = [(o.beta, o.gamma, o.f) for o in stop.value.observations]
-                        break
-            start += len(idx)
+                batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), self.pilot, b, slots,
+                                     self.prior(self.pilot, b, history))
+                done[b] = _observed(_outcome(self.search(batch)).observations)
         return done
+
+    def _batches(self, class_name: str) -> list[tuple[int, np.ndarray, list[int]]]:
+        """(batch index, dataset indices of its seeds, its output slots) for each mini-batch of the class."""
+        plan, _ = self.seed_plan(class_name)
+        starts = np.cumsum([0] + [len(idx) for idx in plan])
+        return [(b, idx, list(range(starts[b], starts[b + 1]))) for b, idx in enumerate(plan)]
+
+    def _seed_images(self, idx: np.ndarray) -> torch.Tensor:
+        return self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
+
+    def _seed_ids(self, idx: np.ndarray) -> list[str]:
+        return [self.dataset.ids[i] for i in idx]
 
     def distill_class(self, class_name: str, finished: dict[int, BatchSummary] | None = None,
                       history: History | None = None) -> Iterator[Event]:
@@ -370,30 +461,49 @@ class Distiller:
 
         history (class -> batch -> observations) supplies the scope's prior and gains this class's batches.
         """
-        plan, wrapped = self.seed_plan(class_name)
-        c = self.dataset.class_index(class_name)
-        finished = finished or {}
-        history = {} if history is None else history
-        done = 0
-        summaries = []
-        for b, idx in enumerate(plan):
-            if b in finished:
-                summaries.append(finished[b])
-                done += len(idx)
-                continue
-            images = self.dataset.tensor(idx, self.backend.image_size, self.backend.channels)
-            ids = [self.dataset.ids[i] for i in idx]
+        yield from self._distill([(class_name, finished or {})], {} if history is None else history)
+
+    def _distill(self, work: list[tuple[str, dict[int, BatchSummary]]], history: History) -> Iterator[Event]:
+        """The mini-batches of the classes in work, in order, skipping the finished ones, with each batch's first
+        proxy round riding in the previous batch's final pass (across classes too)."""
+        queue = [(name, b, idx, slots) for name, finished in work for b, idx, slots in self._batches(name)
+                 if b not in finished]
+        ready: dict[int, _Batch] = {}
+
+        def prepare_at(k: int) -> _Batch:
+            name, b, idx, slots = queue[k]
             t0 = time.perf_counter()
-            prior = self.prior(class_name, b, history)
-            t_prior = time.perf_counter() - t0  # nonzero only where this process searched the pilot class itself
-            for ev in self.run_batch(images, ids, class_name, b, list(range(done, done + len(idx))), prior):
-                if isinstance(ev, BatchDone):
-                    ev.seconds_bo += t_prior
-                    summaries.append(ev.summary())
-                    history.setdefault(class_name, {})[b] = [(o.beta, o.gamma, o.f) for o in ev.observations]
-                yield ev
-            done += len(idx)
-        yield ClassDone(class_name, c, done, wrapped, summaries)
+            prior = self.prior(name, b, history)  # searches the pilot class where this process lacks it
+            t_prior = time.perf_counter() - t0
+            batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), name, b, slots, prior)
+            batch.seconds_bo += t_prior
+            return batch
+
+        def hand_over(k: int) -> Callable[[GridBO], _Batch | None]:
+            def after_search(bo: GridBO) -> _Batch | None:
+                name, b, _, _ = queue[k]
+                history.setdefault(name, {})[b] = _observed(bo.observations)
+                if k + 1 == len(queue):
+                    return None
+                ready[k + 1] = prepare_at(k + 1)
+                return ready[k + 1]
+            return after_search
+
+        k = 0
+        for name, finished in work:
+            plan, wrapped = self.seed_plan(name)
+            summaries = []
+            for b, _, _ in self._batches(name):
+                if b in finished:
+                    summaries.append(finished[b])
+                    continue
+                batch = ready.pop(k) if k in ready else prepare_at(k)
+                for ev in self._run(batch, hand_over(k)):
+                    if isinstance(ev, BatchDone):
+                        summaries.append(ev.summary())
+                    yield ev
+                k += 1
+            yield ClassDone(name, self.dataset.class_index(name), sum(len(idx) for idx in plan), wrapped, summaries)
 
     def assigned(self, shard: Shard = ONE_PROCESS, progress: Progress | None = None) -> list[str]:
         """This process's classes: the unfinished ones, dealt round-robin, so a resumed run stays balanced."""
@@ -405,11 +515,11 @@ class Distiller:
         t0 = time.perf_counter()
         n, bo_s, final_s = 0, 0.0, 0.0
         history: History = {k: dict(v) for k, v in progress.history.items()} if progress else {}
-        for name in self.assigned(shard, progress):
-            for ev in self.distill_class(name, progress.batches.get(name) if progress else None, history):
-                if isinstance(ev, BatchDone):
-                    n += len(ev.images)
-                    bo_s += ev.seconds_bo
-                    final_s += ev.seconds_final
-                yield ev
+        work = [(name, progress.batches.get(name, {}) if progress else {}) for name in self.assigned(shard, progress)]
+        for ev in self._distill(work, history):
+            if isinstance(ev, BatchDone):
+                n += len(ev.images)
+                bo_s += ev.seconds_bo
+                final_s += ev.seconds_final
+            yield ev
         yield RunDone(n, time.perf_counter() - t0, bo_s, final_s, list(self.classes))

@@ -11,6 +11,11 @@ a start index counts timesteps, so it is the step index times order.
 Proxies (BO's cheap generations, Algorithm 1 line 10) run on the final sampler's own schedule: a proxy for gamma
 starts at exactly the timestep the full sampler starts at and takes every `stride`-th of its steps.
 
+Jobs: several img2img requests (each with its own stride, repulsion and groups) can share one denoising loop, so a
+mini-batch's final pass and the next mini-batch's first proxies cost one UNet call per step instead of two; on a
+call-bound device (a CPU, or a GPU at small batches) the proxies then ride almost free. Rows of one call do not
+interact (CFG, scheduler and repulsion all act per job), so every job's images are those it gets alone.
+
 Repulsion (eq. 6) is a displacement of the latents, not an edit of the noise the scheduler sees: eq. 6 adds
 lambda * g (g = sum_j grad k) to eps, which an unclipped DDIM step turns into z_prev += d(z_prev)/d(eps) * lambda * g.
 The scheduler steps with the guided eps alone and the sampler adds that displacement after it, so schedulers that
@@ -22,8 +27,9 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 
@@ -47,8 +53,30 @@ def noise_seed(*keys: int) -> int:
 
 @dataclass
 class SampleResult:
+    """A job's images and final latents; seconds is its share of the call's wall time (see img2img_jobs)."""
+
     images: torch.Tensor
     latents: torch.Tensor
+    seconds: float = 0.0
+
+
+@dataclass
+class Job:
+    """One img2img request (img2img's per-request arguments, documented there) in a loop shared with others."""
+
+    images: torch.Tensor
+    classes: Sequence[str]
+    betas: float | Sequence[float]
+    gammas: float | Sequence[float]
+    seeds: Sequence[int]
+    stride: int = 1
+    repulsion_weight: float = 0.0
+    bandwidth: Bandwidth = "auto"
+    groups: Sequence[int] | None = None
+    latents: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
 
 
 @dataclass
@@ -60,6 +88,7 @@ class Cohort:
     scheduler: object
     timesteps: torch.Tensor
     eps_to_latent: list[float]
+    stride: int = 1
 
     def joins_at(self, loop_length: int) -> int:
         return loop_length - len(self.timesteps)
@@ -139,17 +168,20 @@ def check_inputs(images: torch.Tensor, classes: Sequence[str], seeds: Sequence[i
 
 
 def prepare_cohorts(backend: Backend, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor, steps: int,
-                    scheduler: str, stride: int, eta: float) -> tuple[list[Cohort], torch.Tensor]:
-    """Timesteps from strength per cohort, and the seeds' latents noised to each cohort's first timestep."""
+                    scheduler: str, stride: int | Sequence[int], eta: float) -> tuple[list[Cohort], torch.Tensor]:
+    """Timesteps from strength per cohort, and the seeds' latents noised to each cohort's first timestep.
+
+    stride: one for all samples or one per sample; a cohort is the samples of one (stride, start)."""
     base = backend.make_scheduler(scheduler)
     base.set_timesteps(steps, device=x0.device)
     full, order = base.timesteps, base.order
     starts = np.array([start_index(steps, float(g)) * order for g in gamma])
     if (starts >= len(full)).any():
         raise ValueError(f"gamma {float(gamma.min())} with {steps} steps runs no denoising step")
+    strides = np.broadcast_to(np.asarray(stride, dtype=np.int64), starts.shape)
     cohorts, z = [], torch.empty_like(x0)
-    for s in sorted(set(starts.tolist())):
-        idx = torch.from_numpy(np.flatnonzero(starts == s)).to(x0.device)
+    for stride, s in sorted(set(zip(strides.tolist(), starts.tolist()))):
+        idx = torch.from_numpy(np.flatnonzero((starts == s) & (strides == stride))).to(x0.device)
         if stride == 1:
             sch = copy.deepcopy(base)
             if hasattr(sch, "set_begin_index"):
@@ -161,22 +193,30 @@ def prepare_cohorts(backend: Backend, x0: torch.Tensor, noise: torch.Tensor, gam
         coef = [eps_to_latent(sch, int(t), int(ts[k + 1]) if k + 1 < len(ts) else None, eta)
                 for k, t in enumerate(ts)]
         z[idx] = sch.add_noise(x0[idx], noise[idx], ts[:1].repeat(len(idx)))
-        cohorts.append(Cohort(idx, sch, ts, coef))
+        cohorts.append(Cohort(idx, sch, ts, coef, stride))
     return cohorts, z
 
 
 def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, int]], cond: torch.Tensor,
-                 null: torch.Tensor, beta: torch.Tensor, group: torch.Tensor, repulsion_weight: float,
-                 bandwidth: Bandwidth, eta: float, generators: list[torch.Generator]) -> torch.Tensor:
+                 null: torch.Tensor, beta: torch.Tensor, group: torch.Tensor, job: torch.Tensor,
+                 repulsion: Sequence[tuple[float, Bandwidth]], eta: float,
+                 generators: list[torch.Generator]) -> torch.Tensor:
     """One step of every active (cohort, its step index): guided eps, the scheduler's step, then eq. 6's
-    displacement d(z_prev)/d(eps) * lambda * sum_j grad k(z_i, z_j), computed on the latents before the step."""
+    displacement d(z_prev)/d(eps) * lambda * sum_j grad k(z_i, z_j), computed on the latents before the step.
+
+    job: each sample's job, repulsion: each job's (lambda, bandwidth); group ids repel within one job only."""
     idx = torch.cat([c.idx for c, _ in active])
     t_in = torch.cat([c.timesteps[k].expand(len(c.idx)) for c, k in active])
     x_in = torch.cat([c.scheduler.scale_model_input(z[c.idx], c.timesteps[k]) for c, k in active])
     eps_c, eps_u = backend.predict_noise(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
                                          torch.cat([cond[idx], null[idx]])).chunk(2)
     eps = guided_noise(eps_c, eps_u, beta[idx]).to(z.dtype)
-    push = grouped_repulsion(z[idx], group[idx.cpu()], bandwidth) if repulsion_weight > 0 else None
+    rows_job = job[idx.cpu()]
+    push = None
+    for j, (weight, bandwidth) in enumerate(repulsion):
+        if weight > 0 and (mine := rows_job == j).any():
+            push = torch.zeros_like(z[idx]) if push is None else push
+            push[mine] = grouped_repulsion(z[idx][mine], group[idx.cpu()][mine], bandwidth).to(z.dtype)
     out, offset = z.clone(), 0
     for c, k in active:
         n = len(c.idx)
@@ -186,7 +226,11 @@ def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, i
                 [torch.randn(z.shape[1:], generator=generators[j]) for j in c.idx.tolist()]).to(z.device, z.dtype)}
         out[c.idx] = c.scheduler.step(eps[offset:offset + n], c.timesteps[k], z[c.idx], **kw).prev_sample
         if push is not None:
-            out[c.idx] += (c.eps_to_latent[k] * repulsion_weight) * push[offset:offset + n].to(z.dtype)
+            for j in rows_job[offset:offset + n].unique().tolist():
+                weight = repulsion[j][0]
+                if weight > 0:
+                    sel = (rows_job[offset:offset + n] == j).nonzero().flatten()
+                    out[c.idx[sel]] += (c.eps_to_latent[k] * weight) * push[offset + sel]
         offset += n
     return out
 
@@ -227,24 +271,83 @@ def img2img(
         latents: backend.encode(images), when the caller has it already (a mini-batch's proxies and its final pass
             share one encoding of the seeds); the images are not encoded again.
     """
-    n = len(images)
-    probe = backend.make_scheduler(scheduler)
-    check_inputs(images, classes, seeds, steps, stride, eta, probe, latents)
-    dev = backend.device
-    beta = torch.as_tensor(betas, dtype=torch.float32).expand(n).to(dev)
-    gamma = torch.as_tensor(gammas, dtype=torch.float64).expand(n)
-    group = torch.zeros(n, dtype=torch.long) if groups is None else torch.as_tensor(groups).expand(n)
+    job = Job(images, classes, betas, gammas, seeds, stride, repulsion_weight, bandwidth, groups, latents)
+    return img2img_jobs(backend, [job], steps, scheduler, eta, decode_batch, callback)[0]
 
-    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    x0 = backend.encode(images) if latents is None else latents.to(dev)
+
+@torch.no_grad()
+def img2img_jobs(backend: Backend, jobs: Sequence[Job], steps: int = 50, scheduler: str = "DDIMScheduler",
+                 eta: float = 0.0, decode_batch: int = 16,
+                 callback: Callable[[int, torch.Tensor], None] | None = None) -> list[SampleResult]:
+    """img2img for several jobs in one denoising loop (one UNet call per step for all), a result per job.
+
+    A job's images equal those of img2img on that job alone: its samples keep their seeds, their schedules and
+    their repulsion groups, and decoding runs per job. SampleResult.seconds splits the call's wall time as "what
+    each job adds": a step or a decode that serves one job is that job's; on a step shared with the first job, the
+    first job is charged what its steps with the same rows cost when it ran alone in this call (the rest goes to the
+    other jobs, by rows), so riding jobs pay only their marginal cost where it can be measured, else a row share.
+    """
+    t_setup = time.perf_counter()
+    probe = backend.make_scheduler(scheduler)
+    for j in jobs:
+        check_inputs(j.images, j.classes, j.seeds, steps, j.stride, eta, probe, j.latents)
+    dev = backend.device
+    sizes = [len(j) for j in jobs]
+    job = torch.repeat_interleave(torch.arange(len(jobs)), torch.tensor(sizes))
+    beta = torch.cat([torch.as_tensor(j.betas, dtype=torch.float32).expand(n) for j, n in zip(jobs, sizes)]).to(dev)
+    gamma = torch.cat([torch.as_tensor(j.gammas, dtype=torch.float64).expand(n) for j, n in zip(jobs, sizes)])
+    group = torch.cat([torch.zeros(n, dtype=torch.long) if j.groups is None else torch.as_tensor(j.groups).expand(n)
+                       for j, n in zip(jobs, sizes)])
+    stride = np.repeat([j.stride for j in jobs], sizes)
+
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for j in jobs for s in j.seeds]
+    x0 = torch.cat([backend.encode(j.images) if j.latents is None else j.latents.to(dev) for j in jobs])
+    if x0.dim() == 4:  # one memory layout whatever the jobs' latents had: the UNet's bits depend on it
+        x0 = x0.contiguous(memory_format=torch.channels_last)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generators]).to(dev, x0.dtype)
     cohorts, z = prepare_cohorts(backend, x0, noise, gamma, steps, scheduler, stride, eta)
-    cond, null = backend.condition(list(classes)), backend.null_condition(n)
+    cond = backend.condition([c for j in jobs for c in j.classes])
+    null = backend.null_condition(len(job))
+    repulsion = [(float(j.repulsion_weight), j.bandwidth) for j in jobs]
+    seconds = np.array(sizes, float) / sum(sizes) * (time.perf_counter() - t_setup)
 
     length = max(len(c.timesteps) for c in cohorts)
+    record: list[tuple[float, np.ndarray]] = []  # per step: seconds, rows per job
     for k in range(length):
+        t0 = time.perf_counter()
         active = [(c, k - c.joins_at(length)) for c in cohorts if k >= c.joins_at(length)]
-        z = denoise_step(backend, z, active, cond, null, beta, group, repulsion_weight, bandwidth, eta, generators)
+        z = denoise_step(backend, z, active, cond, null, beta, group, job, repulsion, eta, generators)
         if callback is not None:
             callback(k, z)
-    return SampleResult(decode(backend, z, decode_batch), z.float().cpu())
+        rows = np.bincount(torch.cat([job[c.idx.cpu()] for c, _ in active]).numpy(), minlength=len(jobs))
+        record.append((time.perf_counter() - t0, rows))
+    seconds += _step_shares(record)
+
+    results, offset = [], 0
+    for j, n in enumerate(sizes):
+        t0 = time.perf_counter()
+        images = decode(backend, z[offset:offset + n], decode_batch)
+        results.append(SampleResult(images, z[offset:offset + n].float().cpu(),
+                                    float(seconds[j] + time.perf_counter() - t0)))
+        offset += n
+    return results
+
+
+def _step_shares(record: list[tuple[float, np.ndarray]]) -> np.ndarray:
+    """Each job's part of the loop's step times (img2img_jobs' rule): shared steps charge the first job what its
+    solo steps with as many rows took (their mean), the other jobs the rest by rows; without such a solo step, or
+    when the first job is not in the step, the step is split by rows."""
+    solo: dict[int, list[float]] = {}
+    for t, rows in record:
+        if rows[0] and not rows[1:].any():
+            solo.setdefault(int(rows[0]), []).append(t)
+    shares = np.zeros(len(record[0][1]))
+    for t, rows in record:
+        alone = solo.get(int(rows[0]))
+        if rows[0] and rows[1:].any() and alone:
+            first = min(t, float(np.mean(alone)))
+            shares[0] += first
+            shares[1:] += (t - first) * rows[1:] / rows[1:].sum()
+        else:
+            shares += t * rows / rows.sum()
+    return shares

@@ -256,3 +256,35 @@ def test_proxies_run_on_the_first_proxy_seeds_only_at_the_proxy_stride(tiny_back
         direct = img2img(tiny_backend, images[:2], ["6", "6"], o.beta, o.gamma, seeds[:2], steps=6, stride=2,
                          repulsion_weight=0.0)
         torch.testing.assert_close(e.proxy_images[0], direct.images, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["paper", "fast"])
+def test_a_batch_first_round_rides_in_the_previous_final_pass_and_changes_nothing(tiny_backend, tiny_teacher,
+                                                                                   monkeypatch, mode):
+    """run() puts every mini-batch's first proxy round (across classes too) in the previous batch's final sampler
+    call: one call fewer per batch after the first, and the same observations and images as each batch run alone
+    (run_batch) from the same prior. The split of the time counts no second twice."""
+    import adaptive_dd.distill as distill_module
+
+    cfg = _config(classes=["0", "1"], ipc=5, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3,
+                                                         q=2, mode=mode, proxy_seeds=2))
+    dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+    calls: list[int] = []
+    real = distill_module.img2img_jobs
+    monkeypatch.setattr(distill_module, "img2img_jobs", lambda b, jobs, **k: calls.append(len(jobs)) or real(b, jobs, **k))
+    events = list(dist.run())
+    monkeypatch.undo()
+    done = [e for e in events if isinstance(e, BatchDone)]
+    rounds = sum(isinstance(e, BOStep) for e in events)
+    assert len(done) == 4 and calls.count(2) == 3 and len(calls) == rounds + len(done) - 3, calls
+
+    history: dict = {}
+    for e in done:
+        prior = dist.prior(e.class_name, e.batch_index, history)
+        alone = [x for x in dist.run_batch(e.seed_images, e.seed_ids, e.class_name, e.batch_index, e.slots, prior)
+                 if isinstance(x, BatchDone)][0]
+        history.setdefault(e.class_name, {})[e.batch_index] = [(o.beta, o.gamma, o.f) for o in alone.observations]
+        assert [(o.index, o.f) for o in alone.observations] == [(o.index, o.f) for o in e.observations]
+        torch.testing.assert_close(alone.images, e.images, rtol=0, atol=0)
+    run_done = events[-1]
+    assert run_done.seconds_bo + run_done.seconds_final <= run_done.seconds

@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,6 +76,42 @@ def test_sample_does_not_depend_on_its_batch(backend, scheduler, eta):
     again = img2img(backend, images[[2, 0]], ["7", "7"], [3.0, 2.0], [0.3, 0.5], [6, 99], steps=12,
                     scheduler=scheduler, eta=eta)
     torch.testing.assert_close(again.images[1:], alone.images, rtol=0, atol=1e-5)
+
+
+def test_jobs_in_one_loop_give_each_job_its_own_images(backend):
+    """A repelled final pass and strided proxies of another class and seeds share one loop: each job's images are
+    what it gets alone (the repulsion of one job never reaches the other's samples), including when the proxy job
+    runs more steps than the final one and joins the loop first."""
+    from adaptive_dd.sampler import Job, img2img_jobs
+
+    images = _seeds_images(6, backend.image_size, seed=4)
+    final = Job(images[:4], ["3"] * 4, 2.0, 0.3, [1, 2, 3, 4], repulsion_weight=3.0 * backend.default_lambda,
+                groups=[0, 0, 1, 1])
+    proxies = Job(images[4:].repeat(2, 1, 1, 1), ["8"] * 4, [1.0, 1.0, 3.0, 3.0], [0.9, 0.9, 0.5, 0.5],
+                  [7, 8, 7, 8], stride=2)
+    both = img2img_jobs(backend, [final, proxies], steps=20)
+    for job, got in zip((final, proxies), both):
+        alone = img2img(backend, job.images, job.classes, job.betas, job.gammas, job.seeds, steps=20,
+                        repulsion_weight=job.repulsion_weight, groups=job.groups, stride=job.stride)
+        torch.testing.assert_close(got.images, alone.images, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.latents, alone.latents, rtol=0, atol=1e-6)
+    plain = img2img(backend, final.images, final.classes, 2.0, 0.3, final.seeds, steps=20)
+    assert (both[0].images - plain.images).abs().max() > 1e-4  # the final job was repelled
+
+
+def test_a_shared_step_charges_the_first_job_its_solo_cost():
+    """Steps 1-3 are the first job's alone (1 s each at 20 rows); steps 4-5 add 16 rows of a second job and take
+    1.5 s: the first job pays 1 s of each, the second the 0.5 s it added. A shared step with no solo step of as many
+    rows, and a step without the first job, split by rows; a shared step faster than the solo ones is all the
+    first job's."""
+    from adaptive_dd.sampler import _step_shares
+
+    rows = np.array
+    record = [(1.0, rows([20, 0]))] * 3 + [(1.5, rows([20, 16]))] * 2
+    np.testing.assert_allclose(_step_shares(record), [5.0, 1.0])
+    np.testing.assert_allclose(_step_shares([(1.0, rows([20, 0])), (2.0, rows([10, 30]))]), [1.5, 1.5])
+    np.testing.assert_allclose(_step_shares([(3.0, rows([0, 10, 20]))]), [0.0, 1.0, 2.0])
+    np.testing.assert_allclose(_step_shares([(1.0, rows([4, 0, 0])), (0.5, rows([4, 2, 6]))]), [1.5, 0.0, 0.0])
 
 
 def test_different_seeds_give_different_images_and_seed_streams_are_distinct(tiny_backend):
@@ -227,12 +264,13 @@ def test_repulsion_displacement_points_away_from_group_mates_at_every_step(clip)
     (cohort,) = cohorts
     cond, null = backend.condition(["3"] * 6), backend.null_condition(6)
     beta, group, lam = torch.full((6,), 2.0), torch.zeros(6, dtype=torch.long), 10 * backend.default_lambda
+    job = torch.zeros(6, dtype=torch.long)
     with torch.no_grad():
         for k in range(len(cohort.timesteps)):
             state = __import__("copy").deepcopy(cohort.scheduler)
-            plain = denoise_step(backend, z, [(cohort, k)], cond, null, beta, group, 0.0, "auto", 0.0, gens)
+            plain = denoise_step(backend, z, [(cohort, k)], cond, null, beta, group, job, [(0.0, "auto")], 0.0, gens)
             cohort.scheduler = state
-            pushed = denoise_step(backend, z, [(cohort, k)], cond, null, beta, group, lam, "auto", 0.0, gens)
+            pushed = denoise_step(backend, z, [(cohort, k)], cond, null, beta, group, job, [(lam, "auto")], 0.0, gens)
             g = grouped_repulsion(z, group, "auto")
             move = (pushed - plain).flatten(1)
             assert ((move * -g.flatten(1)).sum(1) > 0).all(), k
