@@ -284,8 +284,9 @@ def img2img_jobs(backend: Backend, jobs: Sequence[Job], steps: int = 50, schedul
     A job's images equal those of img2img on that job alone: its samples keep their seeds, their schedules and
     their repulsion groups, and decoding runs per job. SampleResult.seconds splits the call's wall time as "what
     each job adds": a step or a decode that serves one job is that job's; on a step shared with the first job, the
-    first job is charged what its steps with the same rows cost when it ran alone in this call (the rest goes to the
-    other jobs, by rows), so riding jobs pay only their marginal cost where it can be measured, else a row share.
+    first job is charged what its steps with the same rows cost when it ran alone in this call (their median: one
+    slow step must not make the others look free), the rest goes to the other jobs by rows; so riding jobs pay their
+    marginal cost where it can be measured, else a row share.
     """
     t_setup = time.perf_counter()
     probe = backend.make_scheduler(scheduler)
@@ -335,7 +336,7 @@ def img2img_jobs(backend: Backend, jobs: Sequence[Job], steps: int = 50, schedul
 
 def _step_shares(record: list[tuple[float, np.ndarray]]) -> np.ndarray:
     """Each job's part of the loop's step times (img2img_jobs' rule): shared steps charge the first job what its
-    solo steps with as many rows took (their mean), the other jobs the rest by rows; without such a solo step, or
+    solo steps with as many rows took (their median), the other jobs the rest by rows; without such a solo step, or
     when the first job is not in the step, the step is split by rows."""
     solo: dict[int, list[float]] = {}
     for t, rows in record:
@@ -345,7 +346,7 @@ def _step_shares(record: list[tuple[float, np.ndarray]]) -> np.ndarray:
     for t, rows in record:
         alone = solo.get(int(rows[0]))
         if rows[0] and rows[1:].any() and alone:
-            first = min(t, float(np.mean(alone)))
+            first = min(t, float(np.median(alone)))
             shares[0] += first
             shares[1:] += (t - first) * rows[1:] / rows[1:].sum()
         else:

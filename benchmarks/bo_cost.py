@@ -5,8 +5,9 @@
 
 Every mode distils the same classes with the bundled models (mnist-5k backbone, uci-digits seeds, m_seed 10): the
 paper's search (a fresh 8-evaluation GP per mini-batch, every seed in every proxy, proxies on every other step), each
-cheaper option alone on top of it, and the default ("fast"). Modes are interleaved class by class, so they share
-the machine's load; a run-scope prior is built from the classes before it, as in a real run. Reports per mode and IPC
+cheaper option alone on top of it, and the default ("fast"). Each mode's run is Distiller.run, as the CLI's (a
+run-scope prior built from the classes before it, each mini-batch's first proxy round riding in the previous final
+pass), one after the other, so compare modes within one invocation. Reports per mode and IPC
 the BO share of sampling time (what the CLI's summary line prints), seconds per image, BO evaluations per batch,
 the chosen (beta*, gamma*) and the objective on the final images. The app path: one Explore run (Distiller.run_batch
 on one class's m_seed seeds, BO and final pass, as app_handlers.run_bo calls it) in paper and default mode,
@@ -65,18 +66,16 @@ def config(mode: str, classes: list[str], ipc: int) -> DistillConfig:
 
 
 def distill_side_by_side(models: tuple, classes: list[str], ipc: int, modes: list[str]) -> dict[str, dict]:
-    """Every mode over the classes, interleaved class by class; per mode the run's totals and batch rows."""
+    """Every mode's run over the classes, one after the other; per mode the run's totals and batch rows."""
     dists = {m: Distiller(config(m, classes, ipc), *models) for m in modes}
-    history: dict[str, dict] = {m: {} for m in modes}
     rows: dict[str, list[dict]] = {m: [] for m in modes}
-    for name in classes:
-        for m in modes:
-            for ev in dists[m].distill_class(name, None, history[m]):
-                if isinstance(ev, BatchDone):
-                    rows[m].append({"class": name, "batch": ev.batch_index, "beta": ev.beta, "gamma": ev.gamma,
-                                    "evaluations": len(ev.observations), "f_final": ev.f_final,
-                                    "seconds_bo": ev.seconds_bo, "seconds_final": ev.seconds_final,
-                                    "n": len(ev.images)})
+    for m in modes:
+        for ev in dists[m].run():
+            if isinstance(ev, BatchDone):
+                rows[m].append({"class": ev.class_name, "batch": ev.batch_index, "beta": ev.beta, "gamma": ev.gamma,
+                                "evaluations": len(ev.observations), "f_final": ev.f_final,
+                                "seconds_bo": ev.seconds_bo, "seconds_final": ev.seconds_final,
+                                "n": len(ev.images)})
     out = {}
     for m in modes:
         r = rows[m]

@@ -120,21 +120,21 @@ def generate(config: DistillConfig) -> dict:
     images, labels, batches, done = [], [], [], None
     for ev in dist.run():
         if isinstance(ev, BatchDone):
-            images.append((ev.images.clamp(0, 1) * 255).round().to(torch.uint8))
+            images.append(as_uint8(ev.images))
             labels += [dist.classes.index(ev.class_name)] * len(ev.images)
             batches.append({"class": ev.class_name, "beta": ev.beta, "gamma": ev.gamma, "f_proxy": ev.f_proxy,
                             "f_final": ev.f_final, "seconds_bo": ev.seconds_bo, "seconds_final": ev.seconds_final})
         elif isinstance(ev, RunDone):
             done = ev
-    return {"images": torch.cat(images).numpy(), "labels": np.array(labels), "classes": dist.classes,
+    return {"images": np.concatenate(images), "labels": np.array(labels), "classes": dist.classes,
             "batches": batches, "n_images": done.n_images, "seconds": done.seconds, "seconds_bo": done.seconds_bo,
             "seconds_final": done.seconds_final, "peak_rss_mb": _status_mb("VmHWM"), "rss_after_load_mb": rss_loaded,
             "lambda": dist.weight, "betas": list(dist.betas), "objective": dist.objective.name}
 
 
 def as_uint8(images: torch.Tensor) -> np.ndarray:
-    """Images in [0, 1] as the 8-bit arrays sets travel in (see as_set)."""
-    return (images * 255).round().to(torch.uint8).numpy()
+    """Images in [0, 1] as the 8-bit arrays sets travel in (see as_set), as an export stores them."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def seed_indices(config: DistillConfig, data) -> tuple[list[int], list[str]]:

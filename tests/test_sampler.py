@@ -101,7 +101,7 @@ def test_jobs_in_one_loop_give_each_job_its_own_images(backend):
 
 def test_a_shared_step_charges_the_first_job_its_solo_cost():
     """Steps 1-3 are the first job's alone (1 s each at 20 rows); steps 4-5 add 16 rows of a second job and take
-    1.5 s: the first job pays 1 s of each, the second the 0.5 s it added. A shared step with no solo step of as many
+    1.5 s: the first job pays 1 s of each (the median of its solo steps), the second the 0.5 s it added. A shared step with no solo step of as many
     rows, and a step without the first job, split by rows; a shared step faster than the solo ones is all the
     first job's."""
     from adaptive_dd.sampler import _step_shares
@@ -109,6 +109,8 @@ def test_a_shared_step_charges_the_first_job_its_solo_cost():
     rows = np.array
     record = [(1.0, rows([20, 0]))] * 3 + [(1.5, rows([20, 16]))] * 2
     np.testing.assert_allclose(_step_shares(record), [5.0, 1.0])
+    slow_first = [(4.0, rows([20, 0]))] + record  # a slow solo step is the first job's, and sets no price
+    np.testing.assert_allclose(_step_shares(slow_first), [9.0, 1.0])
     np.testing.assert_allclose(_step_shares([(1.0, rows([20, 0])), (2.0, rows([10, 30]))]), [1.5, 1.5])
     np.testing.assert_allclose(_step_shares([(3.0, rows([0, 10, 20]))]), [0.0, 1.0, 2.0])
     np.testing.assert_allclose(_step_shares([(1.0, rows([4, 0, 0])), (0.5, rows([4, 2, 6]))]), [1.5, 0.0, 0.0])
