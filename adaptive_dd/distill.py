@@ -12,8 +12,10 @@ class and of the run's first class (the pilot), runs proxies on a few seeds and 
 budget where a prior exists.
 
 A mini-batch's first proxy round is fixed before any of its proxies run (the design's first points, from the
-prior alone), so it rides in the previous mini-batch's final pass: one sampler call (sampler.img2img_jobs) for both,
-with each job's images exactly those it gets alone. The next batch's time is its marginal cost in that call.
+prior alone), so it rides in the final pass of the class's previous mini-batch: one sampler call
+(sampler.img2img_jobs) for both. Which call a round runs in depends only on its class and batch (a resumed run, or a
+process searching the pilot class, redoes the final pass it rides in), so the bytes do not depend on the process
+layout even where a sample's bits depend on its batch mates. The round is charged its marginal time in that call.
 
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
 and a warm start's prior comes from finished batches only (a process without the pilot's searches them itself), so
@@ -391,24 +393,44 @@ class Distiller:
         beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if bo.observations else \
             (self.betas[0], cfg.bo.gammas[0], None)
         nxt = after_search(bo) if after_search is not None else None
-        jobs = [self.job(batch.images, batch.class_name, beta, gamma, batch.noise, proxy=False,
-                         latents=batch.latents)]
-        t_ask = time.perf_counter()
-        points = self.first_round(nxt) if nxt is not None else []
-        if nxt is not None:
-            nxt.seconds_bo += time.perf_counter() - t_ask
-        if points:
-            jobs.append(self.proxy_job(nxt, points))
-        final, *ride = self.sample(jobs)
-        if ride:
-            nxt.first = (points, ride[0].images)
-            nxt.seconds_bo += ride[0].seconds
+        final = self._final_with_ride(self._final_job(batch, beta, gamma), nxt)
         t2 = time.perf_counter()
         f_final = self.objective(batch.view, self.teacher.embed(final.images), self.target_index(batch.class_name))
         seconds_final = final.seconds + (time.perf_counter() - t2) + batch.seconds_shared
         yield BatchDone(batch.class_name, batch.class_index, batch.index, final.images, batch.images, batch.ids,
                         batch.slots, beta, gamma, f_proxy, f_final, mean_pairwise_distance(final.latents),
                         list(bo.observations), t_search + batch.seconds_bo, seconds_final)
+
+    def _final_job(self, batch: _Batch, beta: float, gamma: float) -> Job:
+        return self.job(batch.images, batch.class_name, beta, gamma, batch.noise, proxy=False, latents=batch.latents)
+
+    def _final_with_ride(self, final: Job, nxt: _Batch | None) -> SampleResult:
+        """A final pass with nxt's first proxy round riding in it (its points are fixed before any of its proxies
+        run); nxt is charged the round's marginal time."""
+        points: list[tuple[int, int]] = []
+        if nxt is not None:
+            t0 = time.perf_counter()
+            points = self.first_round(nxt)
+            nxt.seconds_bo += time.perf_counter() - t0
+        out, *ride = self.sample([final] + ([self.proxy_job(nxt, points)] if points else []))
+        if ride:
+            nxt.first = (points, ride[0].images)
+            nxt.seconds_bo += ride[0].seconds
+        return out
+
+    def _ride_after(self, batch: _Batch, idx: np.ndarray, slots: list[int], beta: float, gamma: float) -> None:
+        """Give batch the first round it gets in a run where its predecessor (seeds idx, output slots, final at
+        (beta, gamma)) ran its final pass here: that final pass is redone for the sampler call alone, so that a
+        resumed run, or a process searching the pilot class, puts the round in the same call as an uninterrupted
+        run (a sample's bits may depend on its batch mates: on GPUs, or on a CPU for small batches). The redone
+        pass counts as search time."""
+        t0 = time.perf_counter()
+        images = self._seed_images(idx)
+        job = self.job(images, batch.class_name, beta, gamma, self.noise_seeds(batch.class_name, slots),
+                       proxy=False, latents=self.backend.encode(images))
+        seconds = batch.seconds_bo
+        self._final_with_ride(job, batch)
+        batch.seconds_bo = seconds + time.perf_counter() - t0
 
     @property
     def pilot(self) -> str:
@@ -434,14 +456,25 @@ class Distiller:
         return [o for _, obs in pilot + own for o in obs]
 
     def _pilot_history(self, history: History) -> dict[int, list[tuple[float, float, float]]]:
-        """The pilot class's observations per batch, searching those history lacks (no final pass)."""
+        """The pilot class's observations per batch, searching those history lacks (and redoing the final pass
+        before each, in which its first round rides)."""
         done = history.setdefault(self.pilot, {})
-        for b, idx, slots in self._batches(self.pilot):
+        batches = self._batches(self.pilot)
+        for b, idx, slots in batches:
             if b not in done:
                 batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), self.pilot, b, slots,
                                      self.prior(self.pilot, b, history))
+                if b > 0 and batch.budget:
+                    self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], *self._best(done[b - 1]))
                 done[b] = _observed(_outcome(self.search(batch)).observations)
         return done
+
+    def _best(self, observed: list[tuple[float, float, float]]) -> tuple[float, float]:
+        """(beta*, gamma*) of a finished search from its observations, as GridBO.best picks it."""
+        if not observed:
+            return self.betas[0], self.config.bo.gammas[0]
+        beta, gamma, _ = max(observed, key=lambda o: o[2])
+        return beta, gamma
 
     def _batches(self, class_name: str) -> list[tuple[int, np.ndarray, list[int]]]:
         """(batch index, dataset indices of its seeds, its output slots) for each mini-batch of the class."""
@@ -464,46 +497,45 @@ class Distiller:
         yield from self._distill([(class_name, finished or {})], {} if history is None else history)
 
     def _distill(self, work: list[tuple[str, dict[int, BatchSummary]]], history: History) -> Iterator[Event]:
-        """The mini-batches of the classes in work, in order, skipping the finished ones, with each batch's first
-        proxy round riding in the previous batch's final pass (across classes too)."""
-        queue = [(name, b, idx, slots) for name, finished in work for b, idx, slots in self._batches(name)
-                 if b not in finished]
-        ready: dict[int, _Batch] = {}
-
-        def prepare_at(k: int) -> _Batch:
-            name, b, idx, slots = queue[k]
-            t0 = time.perf_counter()
-            prior = self.prior(name, b, history)  # searches the pilot class where this process lacks it
-            t_prior = time.perf_counter() - t0
-            batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), name, b, slots, prior)
-            batch.seconds_bo += t_prior
-            return batch
-
-        def hand_over(k: int) -> Callable[[GridBO], _Batch | None]:
-            def after_search(bo: GridBO) -> _Batch | None:
-                name, b, _, _ = queue[k]
-                history.setdefault(name, {})[b] = _observed(bo.observations)
-                if k + 1 == len(queue):
-                    return None
-                ready[k + 1] = prepare_at(k + 1)
-                return ready[k + 1]
-            return after_search
-
-        k = 0
+        """The mini-batches of the classes in work, in order, skipping the finished ones. Within a class, each
+        batch's first proxy round rides in the previous batch's final pass, also when that batch was finished
+        before a resume (its final pass is redone for the ride): which call a round runs in depends only on its
+        class and batch, never on how classes are spread over processes or where a run was resumed."""
         for name, finished in work:
-            plan, wrapped = self.seed_plan(name)
-            summaries = []
-            for b, _, _ in self._batches(name):
+            batches = self._batches(name)
+            summaries: list[BatchSummary] = []
+            ahead: list[_Batch] = []
+            for b, idx, slots in batches:
                 if b in finished:
                     summaries.append(finished[b])
                     continue
-                batch = ready.pop(k) if k in ready else prepare_at(k)
-                for ev in self._run(batch, hand_over(k)):
+                batch = ahead.pop() if ahead else self._prepare_in_run(name, b, idx, slots, history)
+                if b > 0 and batch.first is None and batch.budget:
+                    prev = finished[b - 1]
+                    self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], prev.beta, prev.gamma)
+
+                def after_search(bo: GridBO, b: int = b) -> _Batch | None:
+                    history.setdefault(name, {})[b] = _observed(bo.observations)
+                    if b + 1 == len(batches) or b + 1 in finished:
+                        return None
+                    ahead.append(self._prepare_in_run(name, *batches[b + 1], history))
+                    return ahead[0]
+
+                for ev in self._run(batch, after_search):
                     if isinstance(ev, BatchDone):
                         summaries.append(ev.summary())
                     yield ev
-                k += 1
+            plan, wrapped = self.seed_plan(name)
             yield ClassDone(name, self.dataset.class_index(name), sum(len(idx) for idx in plan), wrapped, summaries)
+
+    def _prepare_in_run(self, name: str, b: int, idx: np.ndarray, slots: list[int], history: History) -> _Batch:
+        """prepare() for a batch of a run: its prior from history (time that counts as search)."""
+        t0 = time.perf_counter()
+        prior = self.prior(name, b, history)  # searches the pilot class where this process lacks it
+        t_prior = time.perf_counter() - t0
+        batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), name, b, slots, prior)
+        batch.seconds_bo += t_prior
+        return batch
 
     def assigned(self, shard: Shard = ONE_PROCESS, progress: Progress | None = None) -> list[str]:
         """This process's classes: the unfinished ones, dealt round-robin, so a resumed run stays balanced."""

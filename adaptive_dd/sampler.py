@@ -288,6 +288,8 @@ def img2img_jobs(backend: Backend, jobs: Sequence[Job], steps: int = 50, schedul
     slow step must not make the others look free), the rest goes to the other jobs by rows; so riding jobs pay their
     marginal cost where it can be measured, else a row share.
     """
+    if not jobs:
+        raise ValueError("img2img_jobs needs at least one job")
     t_setup = time.perf_counter()
     probe = backend.make_scheduler(scheduler)
     for j in jobs:
