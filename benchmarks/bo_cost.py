@@ -6,8 +6,8 @@
 Every mode distils the same classes with the bundled models (mnist-5k backbone, uci-digits seeds, m_seed 10): the
 paper's search (a fresh 8-evaluation GP per mini-batch, every seed in every proxy, proxies on every other step), each
 cheaper option alone on top of it, and the default ("fast"). Each mode's run is Distiller.run, as the CLI's (a
-run-scope prior built from the classes before it, each mini-batch's first proxy round riding in the previous final
-pass), one after the other, so compare modes within one invocation. Reports per mode and IPC
+run-scope prior built from the classes before it, each mini-batch's first proxy round riding in the final pass of
+its class's previous one), one after the other, so compare modes within one invocation. Reports per mode and IPC
 the BO share of sampling time (what the CLI's summary line prints), seconds per image, BO evaluations per batch,
 the chosen (beta*, gamma*) and the objective on the final images. The app path: one Explore run (Distiller.run_batch
 on one class's m_seed seeds, BO and final pass, as app_handlers.run_bo calls it) in paper and default mode,
