@@ -216,7 +216,8 @@ def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, i
     for j, (weight, bandwidth) in enumerate(repulsion):
         if weight > 0 and (mine := rows_job == j).any():
             push = torch.zeros_like(z[idx]) if push is None else push
-            push[mine] = grouped_repulsion(z[idx][mine], group[idx.cpu()][mine], bandwidth).to(z.dtype)
+            at = mine.to(z.device)
+            push[at] = grouped_repulsion(z[idx][at], group[idx.cpu()][mine], bandwidth).to(z.dtype)
     out, offset = z.clone(), 0
     for c, k in active:
         n = len(c.idx)
@@ -229,7 +230,7 @@ def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, i
             for j in rows_job[offset:offset + n].unique().tolist():
                 weight = repulsion[j][0]
                 if weight > 0:
-                    sel = (rows_job[offset:offset + n] == j).nonzero().flatten()
+                    sel = (rows_job[offset:offset + n] == j).nonzero().flatten().to(z.device)
                     out[c.idx[sel]] += (c.eps_to_latent[k] * weight) * push[offset + sel]
         offset += n
     return out
