@@ -88,7 +88,6 @@ class Cohort:
     scheduler: object
     timesteps: torch.Tensor
     eps_to_latent: list[float]
-    stride: int = 1
 
     def joins_at(self, loop_length: int) -> int:
         return loop_length - len(self.timesteps)
@@ -193,7 +192,7 @@ def prepare_cohorts(backend: Backend, x0: torch.Tensor, noise: torch.Tensor, gam
         coef = [eps_to_latent(sch, int(t), int(ts[k + 1]) if k + 1 < len(ts) else None, eta)
                 for k, t in enumerate(ts)]
         z[idx] = sch.add_noise(x0[idx], noise[idx], ts[:1].repeat(len(idx)))
-        cohorts.append(Cohort(idx, sch, ts, coef, stride))
+        cohorts.append(Cohort(idx, sch, ts, coef))
     return cohorts, z
 
 
