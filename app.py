@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
-from adaptive_dd.config import BO_MODES, BO_SCOPES  # noqa: E402
+from adaptive_dd.config import BO_MODES, BO_SCOPES, KERNEL_SCOPES  # noqa: E402
 from adaptive_dd.fidelity import OBJECTIVES  # noqa: E402
 from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
@@ -79,6 +79,8 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
     with gr.Accordion("Advanced settings", open=False):
         with gr.Row():
             q = gr.Slider(1, 4, value=d.q, step=1, label="q (proposals per BO round)")
+            design_q = gr.Slider(0, 8, value=d.design_q, step=1, label="design q (proposals per round of the "
+                                 "initial design; 0: q)")
             kappa = gr.Slider(0.0, 5.0, value=d.kappa, step=0.1, label="κ (UCB exploration)")
         with gr.Row():
             objective = gr.Dropdown(list(OBJECTIVES), value=d.objective, label="objective (what BO maximises)",
@@ -103,14 +105,18 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
             early_stop = gr.Checkbox(d.early_stop, label="early stopping (no unevaluated UCB beats the best)")
             freeze_after = gr.Number(d.freeze_after, precision=0, minimum=0,
                                      label="fix the GP kernel at this many points (0: never)")
+            kernel_scope = gr.Dropdown(list(KERNEL_SCOPES), value=d.kernel_scope, label="kernel scope",
+                                       info="batch: every mini-batch learns the GP kernel; class: learned once on "
+                                            "the class's first prior")
             seed = gr.Number(d.seed, precision=0, label="seed")
     bo_mode.change(S.on_bo_mode, bo_mode,
-                   [q, bo_scope, proxy_seeds, warm_budget, early_stop, freeze_after, proxy_steps],
+                   [q, design_q, bo_scope, kernel_scope, proxy_seeds, warm_budget, early_stop, freeze_after,
+                    proxy_steps],
                    api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
             "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
             "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "early_stop": early_stop,
-            "freeze_after": freeze_after}
+            "freeze_after": freeze_after, "design_q": design_q, "kernel_scope": kernel_scope}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

@@ -18,8 +18,10 @@ Cheaper searches (issue 12): prior observations (earlier mini-batches' f, averag
 but are not this batch's evaluations, so a point they cover can still be evaluated for the new seeds; with a prior
 the design is the prior's n_initial best points (by posterior median), best first. should_stop() says when no
 unevaluated point's UCB beats the best observed. freeze_after fixes the kernel's hyper-parameters at the first
-fit to at least that many points (later fits only solve the GP): with a prior that is the first fit. A GP with a
-prior optimises its hyper-parameters from one start, not three: the prior's many points pin them down.
+fit to at least that many points (later fits only solve the GP): with a prior that is the first fit. kernel_prior
+fixes them from the start at those learned on another prior (a class's first one, so a class's later mini-batches
+solve their GPs without learning a kernel each). A GP with a prior optimises its hyper-parameters from one start,
+not three: the prior's many points pin them down.
 
 GP algebra runs with one BLAS thread: on a few dozen points threads gain nothing, and OpenBLAS workers keep
 spinning after each call, taking the cores from the sampler's next UNet call (on a 2-core CPU that made a default
@@ -27,6 +29,7 @@ IPC 10 run 1.4x slower).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ from functools import cache
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from skopt.learning import GaussianProcessRegressor
 from threadpoolctl import ThreadpoolController
 
 
@@ -75,7 +80,8 @@ def _one_blas_thread():
 
 
 PRIOR_FITS_KEPT = 64
-_PRIOR_FITS: dict[tuple, object] = {}  # (grid, warp, prior) -> the GP fitted to the prior alone; read-only once stored
+# (grid, warp, prior, fixed kernel's theta or None) -> the GP fitted to the prior alone; read-only once stored
+_PRIOR_FITS: dict[tuple, object] = {}
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,14 @@ class GridBO:
     """Maximise f over betas x gammas: ask(q) proposes unevaluated grid points, tell() records their f.
 
     prior: (beta, gamma, f) observed on other seeds (points off this grid are ignored); freeze_after: the kernel's
-    hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit).
+    hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit);
+    kernel_prior: observations whose GP's learned hyper-parameters this one keeps from the start (none: it learns
+    its own).
     """
 
     def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none",
-                 prior: Sequence[tuple[float, float, float]] = (), freeze_after: int = 0):
+                 prior: Sequence[tuple[float, float, float]] = (), freeze_after: int = 0,
+                 kernel_prior: Sequence[tuple[float, float, float]] = ()):
         self.betas = tuple(float(b) for b in betas)
         self.gammas = tuple(float(g) for g in gammas)
         self.kappa = float(kappa)
@@ -120,7 +129,11 @@ class GridBO:
         self.freeze_after = int(freeze_after)
         self.kernel = None
         self.prior = self._prior(prior)
-        self._model = self._prior_model() if self.prior else None
+        learned = self._prior(kernel_prior)
+        if learned:
+            self.kernel = self._prior_gp(learned).kernel_
+        # observations seen -> the GP fitted to them (and the prior), shared with snapshots: fitted when first needed
+        self._fits: dict[int, object] = {0: self._prior_gp(self.prior)} if self.prior else {}
         self._design = self._prior_best() if self.prior else self._initial_design()
 
     @property
@@ -130,6 +143,28 @@ class GridBO:
     @property
     def remaining(self) -> int:
         return int((~self._evaluated).sum())
+
+    @property
+    def design_left(self) -> int:
+        """Design points not yet evaluated: they need no observation, so one round may take them all."""
+        return sum(not self._evaluated[p] for p in self._design) if len(self.observations) < len(self._design) else 0
+
+    def _gp(self):
+        """The GP on the observations so far (and the prior), fitted on first use after a tell: a search whose last
+        posterior nobody reads (the CLI's) skips that fit. Waiting never changes a result: a fit that may fix the
+        kernel runs at its tell (see tell)."""
+        n = len(self.observations)
+        if n and n not in self._fits:
+            self._fits[n] = self._fit([self._flat(o.index) for o in self.observations],
+                                      [o.f for o in self.observations])
+        return self._fits.get(n)
+
+    def snapshot(self) -> "GridBO":
+        """This search as it stands, unchanged by later tells (what a BOStep carries): its posterior is read, and
+        the GP fitted, only if asked for, and a fit made for either serves both."""
+        view = copy.copy(self)
+        view.observations, view._evaluated = list(self.observations), self._evaluated.copy()
+        return view
 
     def _flat(self, index: tuple[int, int]) -> int:
         return int(index[0]) * len(self.gammas) + int(index[1])
@@ -153,23 +188,24 @@ class GridBO:
     def _prior_best(self) -> list[int]:
         """The design with a prior: the n_initial points where the prior's posterior median is highest, best first
         (exploit first: a q-batch evaluates the top q on the new seeds in one sampler call)."""
-        mean, _ = self._predict(self._model)
+        mean, _ = self._predict(self._gp())
         order = np.argsort(-mean, kind="stable")
         return [int(p) for p in order[:min(self.n_initial, len(order))]]
 
-    def _prior_model(self):
-        """The GP on the prior alone, fitted once per distinct prior: under the run scope every class's first
-        mini-batch starts from the same prior (the pilot's), and that fit depends only on the grid, the warp and
-        the prior (one optimiser start, so not on the seed)."""
-        key = (self.betas, self.gammas, self.warp, tuple(self.prior.items()))
+    def _prior_gp(self, prior: dict[int, float]):
+        """The GP on a prior alone, fitted once per distinct (grid, warp, prior, fixed kernel): under the run scope
+        every class's first mini-batch starts from the same prior (the pilot's), and that fit depends on nothing
+        else (one optimiser start, so not on the seed)."""
+        fixed = None if self.kernel is None else tuple(self.kernel.theta)
+        key = (self.betas, self.gammas, self.warp, tuple(prior.items()), fixed)
         gp = _PRIOR_FITS.get(key)
         if gp is None:
-            gp = self._fit([], [])
+            gp = self._fit([], [], prior=prior)
             if len(_PRIOR_FITS) >= PRIOR_FITS_KEPT:
                 _PRIOR_FITS.pop(next(iter(_PRIOR_FITS)))
             _PRIOR_FITS[key] = gp
-        else:
-            self._freeze(gp, len(self.prior))
+        if prior is self.prior:
+            self._freeze(gp, len(prior))
         return gp
 
     def _freeze(self, gp, n_points: int) -> None:
@@ -177,24 +213,24 @@ class GridBO:
         if self.kernel is None and self.freeze_after and n_points >= self.freeze_after:
             self.kernel = gp.kernel_
 
-    def _fit(self, flat_idx: list[int], y: list[float], learn: bool = True):
+    def _fit(self, flat_idx: list[int], y: list[float], learn: bool = True, prior: dict[int, float] | None = None):
         """The GP on this batch's points plus the prior's (a point observed here drops the prior's value).
 
-        learn: may fix the kernel (not for the constant-liar fits of a q-batch, whose made-up values would)."""
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-        from skopt.learning import GaussianProcessRegressor
-
+        learn: may fix the kernel (not for the constant-liar fits of a q-batch, whose made-up values would);
+        prior: in place of this GP's own prior, for a fit to a prior alone (_prior_gp, which freezes)."""
+        learn = learn and prior is None
+        prior = self.prior if prior is None else prior
         own = set(flat_idx)
-        extra = [k for k in self.prior if k not in own]
+        extra = [k for k in prior if k not in own]
         x = self.coords[list(flat_idx) + extra]
-        target = np.concatenate([warp(y, self.warp), [self.prior[k] for k in extra]])
+        target = np.concatenate([warp(y, self.warp), [prior[k] for k in extra]])
         if self.kernel is not None:
             gp = GaussianProcessRegressor(kernel=self.kernel, normalize_y=True, optimizer=None)
         else:
             kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
                 length_scale=np.full(2, 0.5), length_scale_bounds=[(0.3, 2.0)] * 2, nu=2.5) \
                 + WhiteKernel(1e-3, (1e-6, 1e-2))
-            gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0 if self.prior else 2,
+            gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0 if prior else 2,
                                           random_state=self.seed % 2**32)
         with warnings.catch_warnings(), _one_blas_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -239,7 +275,7 @@ class GridBO:
         lie_w = np.mean(warp(obs_f, self.warp)) if obs_f else np.mean(list(self.prior.values()) or [0.0])
         lie = float(unwarp(lie_w, self.warp))
         while len(picks) < q and not taken.all():
-            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks), learn=False) if picks else self._model
+            model = self._fit(obs_idx + picks, obs_f + [lie] * len(picks), learn=False) if picks else self._gp()
             mean, std = self._predict(model)
             ucb = np.where(taken, -np.inf, mean + self.kappa * std)
             best = np.flatnonzero(ucb >= ucb.max() - 1e-12)
@@ -258,22 +294,23 @@ class GridBO:
             self._evaluated[flat] = True
             self.observations.append(Observation(self.betas[index[0]], self.gammas[index[1]], float(f),
                                                  len(self.observations) + 1, (int(index[0]), int(index[1]))))
-        self._model = self._fit([self._flat(o.index) for o in self.observations],
-                                [o.f for o in self.observations])
+        if self.kernel is None and self.freeze_after:
+            self._gp()  # this fit may fix the kernel, so it runs now
 
     def should_stop(self) -> bool:
         """Early stopping: once the design is done, True when no unevaluated point's UCB exceeds the best
         observed f of this batch (prior points count as unevaluated: they may still be run on these seeds)."""
-        if len(self.observations) < len(self._design) or self._model is None or not self.remaining:
+        if len(self.observations) < len(self._design) or self._gp() is None or not self.remaining:
             return not self.remaining
-        mean, std = self._predict(self._model)
+        mean, std = self._predict(self._gp())
         ucb = (mean + self.kappa * std)[~self._evaluated]
         return bool(ucb.max() <= float(warp(self.best.f, self.warp)))
 
     def posterior(self) -> GridPosterior:
-        mean, std = self._predict(self._model)
+        model = self._gp()
+        mean, std = self._predict(model)
         shape, w = self.shape, self.warp
-        if self._model is None:
+        if model is None:
             return GridPosterior(self.betas, self.gammas, np.full(shape, np.nan), np.full(shape, np.nan),
                                  np.full(shape, np.nan))
         half = (unwarp(mean + std, w) - unwarp(mean - std, w)) / 2

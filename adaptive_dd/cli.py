@@ -11,7 +11,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from .config import BO_MODES, BO_SCOPES, BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
+from .config import BO_MODES, BO_SCOPES, KERNEL_SCOPES, BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
 from .evaluation.students import PROTOCOLS
 from .fidelity import OBJECTIVES
 from .options import parse_bandwidth, parse_floats, parse_names
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=int, default=cfg.bo.budget, help="BO evaluations per mini-batch")
     d.add_argument("--q", type=int, help="BO proposals evaluated together per round, in one sampler call (default: "
                    "the mode's)")
+    d.add_argument("--design-q", type=int, help="proposals per round while the initial design lasts (its points "
+                   "need no observation); 0: --q (default: the mode's)")
     d.add_argument("--kappa", type=float, default=cfg.bo.kappa, help="UCB exploration weight")
     d.add_argument("--betas", help="CFG grid, e.g. 1,2,3 (default: the backbone's)")
     d.add_argument("--gammas", default=",".join(f"{g:g}" for g in cfg.bo.gammas),
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bo-scope", choices=list(BO_SCOPES), help="observations that seed a mini-batch's GP: batch "
                    "(none, the paper's), class (the class's earlier batches), run (also the first class's, "
                    "the pilot's) (default: the mode's)")
+    d.add_argument("--kernel-scope", choices=list(KERNEL_SCOPES), help="where the GP kernel's hyper-parameters are "
+                   "learned: batch (every mini-batch) or class (once, on the class's first prior; its later "
+                   "mini-batches keep them) (default: the mode's)")
     d.add_argument("--proxy-seeds", type=int, help="seeds each BO proxy runs on, the batch's first ones; 0: all "
                    "(default: the mode's)")
     d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "
@@ -153,7 +158,8 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
                     gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q,
                     n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
                     novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
-                    warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after),
+                    warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after,
+                    design_q=a.design_q, kernel_scope=a.kernel_scope),
     )
 
 

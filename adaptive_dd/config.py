@@ -14,17 +14,19 @@ from .repulsion import validate_bandwidth
 
 DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 BO_SCOPES = ("batch", "class", "run")
+KERNEL_SCOPES = ("batch", "class")
 # What each BO mode sets when a field is left None. "paper": Algorithm 1 as written (a fresh GP per mini-batch, every
 # seed in every proxy, proxies on every other step, the whole budget). "fast": the issue 12 search, chosen by
 # benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"); a warm batch evaluates
 # the prior's two best points (one sampler call at q 2) and keeps the better on its own seeds: with one, every batch
-# after the pilot would only confirm the pilot's optimum, a search in name only. proxy_stride None leaves
-# SamplerConfig.proxy_steps None: every other step of the final schedule.
+# after the pilot would only confirm the pilot's optimum, a search in name only. A cold search runs its 4-point design
+# in one call (design_q), and a class's later batches keep the GP kernel learned on its first prior (kernel_scope).
+# proxy_stride None leaves SamplerConfig.proxy_steps None: every other step of the final schedule.
 BO_MODES: dict[str, dict[str, object]] = {
-    "paper": {"q": 1, "scope": "batch", "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0,
-              "proxy_stride": None},
-    "fast": {"q": 2, "scope": "run", "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4,
-             "proxy_stride": 5},
+    "paper": {"q": 1, "design_q": 0, "scope": "batch", "kernel_scope": "batch", "proxy_seeds": 0, "warm_budget": 0,
+              "early_stop": False, "freeze_after": 0, "proxy_stride": None},
+    "fast": {"q": 2, "design_q": 4, "scope": "run", "kernel_scope": "class", "proxy_seeds": 4, "warm_budget": 2,
+             "early_stop": True, "freeze_after": 4, "proxy_stride": 5},
 }
 
 
@@ -90,9 +92,11 @@ class BOConfig:
     default (1 for the KL objectives, 20 for "confidence"); novelty_weight is w of "kl_novelty".
 
     mode names a preset (BO_MODES) for the cost settings left None, which DistillConfig.validate fills in, so the
-    manifest records every value: q (candidates per round, evaluated in one sampler call), scope (which earlier
+    manifest records every value: q (candidates per round, evaluated in one sampler call), design_q (candidates per
+    round while the initial design lasts: its points need no observation; 0: q), scope (which earlier
     observations seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class,
-    the pilot), proxy_seeds (seeds each proxy runs on, the batch's first ones; 0: all), warm_budget (evaluations of
+    the pilot), kernel_scope (where the GP kernel's hyper-parameters are learned: by every mini-batch, or once per
+    class on its first prior, which its later mini-batches keep), proxy_seeds (seeds each proxy runs on, the batch's first ones; 0: all), warm_budget (evaluations of
     a batch whose GP starts from a prior; 0: the budget), early_stop (stop when no unevaluated point's UCB beats
     the best observed) and freeze_after (the kernel's hyper-parameters are fixed at the first GP fit to at least
     that many points, the prior's included; 0: never).
@@ -103,12 +107,14 @@ class BOConfig:
     budget: int = 8
     kappa: float = 2.0
     q: int | None = None
+    design_q: int | None = None
     n_initial: int = 4
     objective: str = "confidence"  # chosen on the val split by benchmarks/run.py (validation.md)
     temperature: float | None = None
     novelty_weight: float = 1.0
     mode: str = "fast"
     scope: str | None = None
+    kernel_scope: str | None = None
     proxy_seeds: int | None = None
     warm_budget: int | None = None
     early_stop: bool | None = None
@@ -149,8 +155,13 @@ class BOConfig:
         self.resolve()
         if self.q < 1:
             raise ConfigError(f"q must be >= 1, got {self.q}")
+        if self.design_q < 0:
+            raise ConfigError(f"design q (candidates per round of the initial design) must be >= 0 (0: q), "
+                              f"got {self.design_q}")
         if self.scope not in BO_SCOPES:
             raise ConfigError(f"BO scope must be one of {', '.join(BO_SCOPES)}, got {self.scope!r}")
+        if self.kernel_scope not in KERNEL_SCOPES:
+            raise ConfigError(f"kernel scope must be one of {', '.join(KERNEL_SCOPES)}, got {self.kernel_scope!r}")
         if self.proxy_seeds < 0:
             raise ConfigError(f"proxy seeds must be >= 0 (0: all seeds of the batch), got {self.proxy_seeds}")
         if self.warm_budget < 0:

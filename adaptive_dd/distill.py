@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -50,11 +51,16 @@ class BOStep:
     budget: int
     candidates: list[Observation]
     observations: list[Observation]
-    posterior: GridPosterior
+    search: GridBO  # the search as it stood after this round (GridBO.snapshot)
     best: Observation
     proxy_images: torch.Tensor  # (len(candidates), proxy seeds, C, H, W)
     seed_images: torch.Tensor
     prior: list[tuple[float, float, float]] = field(default_factory=list)  # (beta, gamma, mean f) seeding the GP
+
+    @cached_property
+    def posterior(self) -> GridPosterior:
+        """The GP posterior over the grid after this round, fitted when first read (the CLI never reads it)."""
+        return self.search.posterior()
 
 
 @dataclass(frozen=True)
@@ -307,9 +313,11 @@ class Distiller:
                                      bandwidth=bandwidth, groups=groups, latents=latents)])[0]
 
     def prepare(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
-                slots: list[int] | None = None, prior: Sequence[tuple[float, float, float]] = ()) -> _Batch:
+                slots: list[int] | None = None, prior: Sequence[tuple[float, float, float]] = (),
+                kernel_prior: Sequence[tuple[float, float, float]] = ()) -> _Batch:
         """A mini-batch ready for its search: seeds encoded and seen by the teacher once (for its proxies and its
-        final pass), the GP built on prior (the scope's earlier observations) and the budget set: bo.warm_budget
+        final pass), the GP built on prior (the scope's earlier observations), its kernel learned on kernel_prior
+        when given (the class's first prior, under kernel_scope "class"), and the budget set: bo.warm_budget
         evaluations with a prior (0: bo.budget), none on a one-point grid (nothing to choose)."""
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
@@ -320,7 +328,7 @@ class Distiller:
         t1 = time.perf_counter()
         bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
                     seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp, prior=prior,
-                    freeze_after=cfg.bo.freeze_after)
+                    freeze_after=cfg.bo.freeze_after, kernel_prior=kernel_prior)
         grid_size = len(self.betas) * len(cfg.bo.gammas)
         budget = cfg.bo.warm_budget if bo.prior and cfg.bo.warm_budget else cfg.bo.budget
         budget = 0 if grid_size == 1 else min(budget, grid_size)
@@ -341,9 +349,17 @@ class Distiller:
                         np.repeat(g, m), batch.noise[:m] * len(points), proxy=True,
                         latents=x0.repeat(len(points), *([1] * (x0.dim() - 1))))
 
+    def round_size(self, batch: _Batch) -> int:
+        """Candidates in the batch's next BO round: bo.design_q while the initial design lasts (its points need no
+        observation, so one sampler call runs them together), else bo.q; never past the budget."""
+        bo, q = self.config.bo, self.config.bo.q
+        if bo.design_q and batch.bo.design_left:
+            q = min(bo.design_q, batch.bo.design_left)
+        return min(q, batch.budget - len(batch.bo.observations))
+
     def first_round(self, batch: _Batch) -> list[tuple[int, int]]:
-        """The points of the batch's first BO round: fixed before any proxy runs (the design's first q)."""
-        return batch.bo.ask(min(self.config.bo.q, batch.budget)) if batch.budget else []
+        """The points of the batch's first BO round: fixed before any proxy runs (the design's first points)."""
+        return batch.bo.ask(self.round_size(batch)) if batch.budget else []
 
     def search(self, batch: _Batch) -> Generator[BOStep, None, GridBO]:
         """BO over the grid for one mini-batch (Algorithm 1, lines 6-13): a BOStep per round; returns the GridBO.
@@ -361,21 +377,22 @@ class Distiller:
             if first is not None:
                 (points, images), first = first, None
             else:
-                points = bo.ask(min(cfg.bo.q, batch.budget - len(bo.observations)))
+                points = bo.ask(self.round_size(batch))
                 images = self.sample([self.proxy_job(batch, points)])[0].images
             gen_view = self.teacher.embed(images)
             values = [self.objective(proxy_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
             bo.tell(points, values)
             yield BOStep(batch.class_name, batch.class_index, batch.index, len(bo.observations), batch.budget,
-                         bo.observations[-len(points):], list(bo.observations), bo.posterior(), bo.best,
+                         bo.observations[-len(points):], list(bo.observations), bo.snapshot(), bo.best,
                          images.view(len(points), m, *images.shape[1:]), batch.images, bo.prior_points)
         return bo
 
     def run_batch(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
-                  slots: list[int] | None = None,
-                  prior: Sequence[tuple[float, float, float]] = ()) -> Iterator[BOStep | BatchDone]:
+                  slots: list[int] | None = None, prior: Sequence[tuple[float, float, float]] = (),
+                  kernel_prior: Sequence[tuple[float, float, float]] = ()) -> Iterator[BOStep | BatchDone]:
         """BO for one mini-batch (search), then its full regeneration (Algorithm 1, lines 14-16)."""
-        yield from self._run(self.prepare(seed_images, seed_ids, class_name, batch_index, slots, prior))
+        yield from self._run(self.prepare(seed_images, seed_ids, class_name, batch_index, slots, prior,
+                                          kernel_prior))
 
     def _run(self, batch: _Batch,
              after_search: Callable[[GridBO], _Batch | None] | None = None) -> Iterator[BOStep | BatchDone]:
@@ -455,6 +472,14 @@ class Distiller:
             pilot = sorted(self._pilot_history(history).items())
         return [o for _, obs in pilot + own for o in obs]
 
+    def kernel_prior(self, class_name: str, batch_index: int, history: History) -> list[tuple[float, float, float]]:
+        """Under bo.kernel_scope "class", the prior whose GP kernel a mini-batch keeps: its class's first non-empty
+        prior, when that belongs to an earlier batch (none otherwise: the batch learns its own). Built from history
+        alone, so a resumed or sharded run keeps the same kernel."""
+        if self.config.bo.kernel_scope != "class":
+            return []
+        return next((p for p in (self.prior(class_name, b, history) for b in range(batch_index)) if p), [])
+
     def _pilot_history(self, history: History) -> dict[int, list[tuple[float, float, float]]]:
         """The pilot class's observations per batch, searching those history lacks (and redoing the final pass
         before each, in which its first round rides)."""
@@ -463,7 +488,7 @@ class Distiller:
         for b, idx, slots in batches:
             if b not in done:
                 batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), self.pilot, b, slots,
-                                     self.prior(self.pilot, b, history))
+                                     self.prior(self.pilot, b, history), self.kernel_prior(self.pilot, b, history))
                 if b > 0 and batch.budget:
                     self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], *self._best(done[b - 1]))
                 done[b] = _observed(_outcome(self.search(batch)).observations)
@@ -532,8 +557,9 @@ class Distiller:
         """prepare() for a batch of a run: its prior from history (time that counts as search)."""
         t0 = time.perf_counter()
         prior = self.prior(name, b, history)  # searches the pilot class where this process lacks it
+        kernel_prior = self.kernel_prior(name, b, history)
         t_prior = time.perf_counter() - t0
-        batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), name, b, slots, prior)
+        batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), name, b, slots, prior, kernel_prior)
         batch.seconds_bo += t_prior
         return batch
 

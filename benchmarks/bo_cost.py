@@ -45,6 +45,7 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "proxy_steps_10": ("paper + 10 proxy steps", PAPER, 10),
     "proxy_seeds_4": ("paper + proxies on 4 of the 10 seeds", {**PAPER, "proxy_seeds": 4}, None),
     "q_4": ("paper + q = 4 candidates per round", {**PAPER, "q": 4}, None),
+    "design_q_4": ("paper + the 4-point initial design in one call", {**PAPER, "design_q": 4}, None),
     "freeze_4": ("paper + kernel fixed at 4 points", {**PAPER, "freeze_after": 4}, None),
     "early_stop": ("paper + early stopping", {**PAPER, "early_stop": True}, None),
     "scope_class": ("paper + class-scope warm start, 1 evaluation when warm",
@@ -55,6 +56,8 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fast_proxy_seeds_2": ("default with proxies on 2 seeds", {"proxy_seeds": 2}, None),
     "fast_proxy_seeds_all": ("default with proxies on all seeds", {"proxy_seeds": 0}, None),
     "fast_warm_2": ("default with 2 evaluations when warm", {"warm_budget": 2}, None),
+    "fast_design_q_0": ("default with the initial design in rounds of q", {"design_q": 0}, None),
+    "fast_kernel_batch": ("default with the GP kernel learned by every mini-batch", {"kernel_scope": "batch"}, None),
 }
 SIDE_BY_SIDE = [m for m in MODES if not m.startswith("fast_")]  # the variants of fast are for --validate
 

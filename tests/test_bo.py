@@ -218,12 +218,12 @@ def test_a_frozen_kernel_gives_the_posterior_of_a_fresh_fit_with_that_kernel():
     x = bo.coords[[bo._flat(o.index) for o in bo.observations]]
     fresh = GaussianProcessRegressor(kernel=bo.kernel, normalize_y=True, optimizer=None)
     fresh.fit(x, warp([o.f for o in bo.observations], "neglog"))
-    for a, b in zip(bo._model.predict(bo.coords, return_std=True), fresh.predict(bo.coords, return_std=True)):
+    for a, b in zip(bo._gp().predict(bo.coords, return_std=True), fresh.predict(bo.coords, return_std=True)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     learned = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, seed=2, warp="neglog")
     for o in bo.observations:
         learned.tell([o.index], [o.f])
-    assert learned.kernel is None and learned._model.kernel_.get_params() != bo.kernel.get_params()
+    assert learned.kernel is None and learned._gp().kernel_.get_params() != bo.kernel.get_params()
 
 
 def test_a_prior_is_fitted_once_and_a_cached_fit_equals_a_fresh_one(monkeypatch):
@@ -273,3 +273,69 @@ def test_gp_algebra_runs_on_one_blas_thread(monkeypatch):
         bo.posterior()
         assert seen and all(s == {1} for s in seen), seen
         assert blas_threads() == before == {2}
+
+
+def _optimised_fits(monkeypatch) -> list[bool]:
+    """Record, per GP fit from now on, whether it optimises the kernel's hyper-parameters."""
+    from skopt.learning import GaussianProcessRegressor
+
+    seen: list[bool] = []
+    real_fit = GaussianProcessRegressor.fit
+    monkeypatch.setattr(GaussianProcessRegressor, "fit",
+                        lambda self, *a, **k: seen.append(self.optimizer is not None) or real_fit(self, *a, **k))
+    return seen
+
+
+def test_a_kernel_prior_fixes_from_the_start_the_kernel_learned_on_it(monkeypatch):
+    """kernel_scope "class": a class's later mini-batch keeps the kernel learned on the class's first prior. It is
+    the kernel a GP on that prior alone learns (not the one this batch's own prior would give), no fit optimises it
+    again, and the posterior is a fresh GP with that kernel on this batch's observations and prior."""
+    from skopt.learning import GaussianProcessRegressor
+
+    first = [(BETAS[i], GAMMAS[j], ridge(BETAS[i], GAMMAS[j])) for i, j in ((0, 0), (2, 3), (4, 1), (5, 5), (1, 4))]
+    later = first + [(BETAS[i], GAMMAS[j], 3 * bump(BETAS[i], GAMMAS[j])) for i, j in ((7, 2), (9, 6), (6, 0))]
+    learned = GridBO(BETAS, GAMMAS, seed=1, prior=first, freeze_after=4).kernel
+    own = GridBO(BETAS, GAMMAS, seed=3, prior=later, freeze_after=4).kernel
+    assert not np.allclose(own.theta, learned.theta)  # the test's premise: the two priors learn different kernels
+    optimised = _optimised_fits(monkeypatch)
+    bo = GridBO(BETAS, GAMMAS, seed=3, prior=later, freeze_after=4, kernel_prior=first)
+    assert np.array_equal(bo.kernel.theta, learned.theta)
+    for _ in range(2):
+        points = bo.ask(2)
+        bo.tell(points, [bump(BETAS[i], GAMMAS[j]) for i, j in points])
+    posterior = bo.posterior()
+    assert optimised and not any(optimised) and np.array_equal(bo.kernel.theta, learned.theta)
+    mine = {bo._flat(o.index): o.f for o in bo.observations}
+    prior = bo.prior
+    flat = list(mine) + [k for k in prior if k not in mine]
+    fresh = GaussianProcessRegressor(kernel=learned, normalize_y=True, optimizer=None)
+    fresh.fit(bo.coords[flat], [mine[k] if k in mine else prior[k] for k in flat])
+    mean, std = fresh.predict(bo.coords, return_std=True)
+    np.testing.assert_allclose(posterior.mean.ravel(), mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(posterior.ucb.ravel(), mean + bo.kappa * std, rtol=1e-10, atol=1e-12)
+
+
+def test_a_fit_waits_until_needed_and_a_snapshot_keeps_its_moment(monkeypatch):
+    """Once the kernel is fixed, tell() fits nothing: a search whose last posterior nobody reads (the CLI's) saves
+    that fit. A fit that may fix the kernel runs at its tell. A snapshot's posterior stays that of its moment
+    after the search goes on, and one fit serves the snapshot and the search."""
+    fits = []
+    real_fit = GridBO._fit
+    monkeypatch.setattr(GridBO, "_fit", lambda self, *a, **k: fits.append(len(a[0])) or real_fit(self, *a, **k))
+    bo = GridBO(BETAS, GAMMAS, n_initial=3, seed=0, freeze_after=3)
+    points = bo.ask(3)
+    bo.tell(points, [bump(BETAS[i], GAMMAS[j]) for i, j in points])
+    assert fits == [3] and bo.kernel is not None  # the freezing fit, at its tell
+    then = bo.snapshot()
+    for _ in range(2):
+        points = bo.ask(1)
+        bo.tell(points, [bump(BETAS[i], GAMMAS[j]) for i, j in points])
+    assert fits == [3, 4]  # ask(1) after the 4th point needed its GP; the 5th point's waits
+    later = bo.snapshot()
+    np.testing.assert_array_equal(later.posterior().ucb, bo.posterior().ucb)
+    assert fits == [3, 4, 5]
+    again = GridBO(BETAS, GAMMAS, n_initial=3, seed=0, freeze_after=3)
+    for o in bo.observations[:3]:
+        again.tell([o.index], [o.f])
+    np.testing.assert_array_equal(then.posterior().mean, again.posterior().mean)
+    assert len(then.observations) == 3

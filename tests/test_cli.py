@@ -66,6 +66,7 @@ def _fail(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> str
     (["--warm-budget", "-2"], "warm budget (evaluations of a warm-started batch) must be >= 0"),
     (["--freeze-after", "-1"], "freeze_after (points the GP is fitted to before its kernel is fixed) must be >= 0"),
     (["--q", "0"], "q must be >= 1, got 0"),
+    (["--design-q", "-1"], "design q (candidates per round of the initial design) must be >= 0 (0: q), got -1"),
 ])
 def test_config_errors(args: list[str], needle: str, tmp_path: Path, capsys) -> None:
     assert needle in _fail(args, tmp_path, capsys)
@@ -177,15 +178,16 @@ def test_bo_cost_flags_reach_the_manifest(tiny_model: str, tmp_path: Path, capsy
     out = tmp_path / "out"
     code = main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(out), *TINY_RUN, "--bo-mode",
                  "paper", "--bo-scope", "class", "--proxy-seeds", "1", "--warm-budget", "1", "--early-stop",
-                 "--freeze-after", "3", "--q", "2", "--proxy-steps", "2"])
+                 "--freeze-after", "3", "--q", "2", "--proxy-steps", "2", "--design-q", "3", "--kernel-scope",
+                 "class"])
     assert code == 0, capsys.readouterr().err
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "% of sampling time" in summary and "BO mode paper, scope class" in summary
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert {k: config["bo"][k] for k in ("mode", "scope", "proxy_seeds", "warm_budget", "early_stop",
-                                         "freeze_after", "q")} == \
+                                         "freeze_after", "q", "design_q", "kernel_scope")} == \
         {"mode": "paper", "scope": "class", "proxy_seeds": 1, "warm_budget": 1, "early_stop": True,
-         "freeze_after": 3, "q": 2}
+         "freeze_after": 3, "q": 2, "design_q": 3, "kernel_scope": "class"}
     assert config["sampler"]["proxy_steps"] == 2
     history = [len(b["history"]) for b in json.loads((out / "manifest.json").read_text())["batches"]]
     assert history == [2, 1]  # the second batch starts from the first's observations: its warm budget of 1

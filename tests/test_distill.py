@@ -282,8 +282,15 @@ def test_a_batch_first_round_rides_in_the_previous_final_pass_and_changes_nothin
     history: dict = {}
     for e in done:
         prior = dist.prior(e.class_name, e.batch_index, history)
-        alone = [x for x in dist.run_batch(e.seed_images, e.seed_ids, e.class_name, e.batch_index, e.slots, prior)
-                 if isinstance(x, BatchDone)][0]
+        kernel_prior = dist.kernel_prior(e.class_name, e.batch_index, history)
+        assert bool(kernel_prior) == (mode == "fast" and e.batch_index > int(e.class_name == "0"))
+        *alone_steps, alone = list(dist.run_batch(e.seed_images, e.seed_ids, e.class_name, e.batch_index, e.slots,
+                                                  prior, kernel_prior))
+        run_steps = [s for s in events if isinstance(s, BOStep) and (s.class_name, s.batch_index) ==
+                     (e.class_name, e.batch_index)]
+        for a, b in zip(alone_steps, run_steps, strict=True):  # the run's GP keeps the kernel run_batch is given
+            assert (a.search.kernel is None) == (b.search.kernel is None)
+            assert a.search.kernel is None or np.array_equal(a.search.kernel.theta, b.search.kernel.theta)
         history.setdefault(e.class_name, {})[e.batch_index] = [(o.beta, o.gamma, o.f) for o in alone.observations]
         assert [(o.index, o.f) for o in alone.observations] == [(o.index, o.f) for o in e.observations]
         torch.testing.assert_close(alone.images, e.images, rtol=0, atol=0)
@@ -319,3 +326,32 @@ def test_rides_keep_sharded_and_resumed_runs_byte_identical_when_bits_depend_on_
         for key, e in other.items():
             assert [(o.index, o.f) for o in e.observations] == [(o.index, o.f) for o in one[key].observations], key
             assert torch.equal(e.images, one[key].images), key
+
+
+def test_a_cold_search_runs_its_whole_design_in_one_sampler_call(tiny_backend, tiny_teacher, monkeypatch):
+    """The initial design needs no observation, so design_q puts it in one round (one sampler call), then rounds of
+    q follow; design_q 0 keeps rounds of q. Either way the search evaluates the GP's design first, with the same f,
+    and no point twice."""
+    import adaptive_dd.distill as distill_module
+    from adaptive_dd.bo import GridBO
+    from adaptive_dd.sampler import noise_seed
+
+    betas, gammas = (0.0, 1.0, 2.0), (0.5, 0.7, 1.0)
+    real = distill_module.img2img_jobs
+    observed = {}
+    for design_q, rounds in ((4, [4, 2, 1]), (0, [2, 2, 2, 1])):
+        cfg = _config(classes=["0"], ipc=3, bo=BOConfig(betas=betas, gammas=gammas, budget=7, q=2, n_initial=4,
+                                                        design_q=design_q, mode="paper", proxy_seeds=2))
+        calls: list[int] = []
+        monkeypatch.setattr(distill_module, "img2img_jobs",
+                            lambda b, jobs, calls=calls, **k: calls.append(sum(len(j.seeds) for j in jobs))
+                            or real(b, jobs, **k))
+        steps = [e for e in Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run() if isinstance(e, BOStep)]
+        assert [len(s.candidates) for s in steps] == rounds
+        assert calls == [2 * r for r in rounds] + [3]  # a call per round (2 proxy seeds a point), then the final pass
+        observed[design_q] = steps[-1].observations
+        assert len({o.index for o in observed[design_q]}) == 7
+    design = GridBO(betas, gammas, n_initial=4, seed=noise_seed(7, 0, 0, 1))._design
+    for obs in observed.values():
+        assert [o.index[0] * len(gammas) + o.index[1] for o in obs[:4]] == design
+    np.testing.assert_allclose([o.f for o in observed[4][:4]], [o.f for o in observed[0][:4]], rtol=1e-4, atol=1e-6)
