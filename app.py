@@ -90,7 +90,8 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
             bo_mode = gr.Dropdown(list(BO_MODES), value=d.bo_mode, label="BO mode",
                                   info="paper: Algorithm 1 as written (a fresh 8-evaluation search per mini-batch); "
                                        "fast: the cheaper search (warm start, proxy subsets, fewer proxy steps, "
-                                       "early stopping, fixed kernel); sets the controls below")
+                                       "the design in one call, early stopping, fixed kernel); sets the controls "
+                                       "below")
             bo_scope = gr.Dropdown(list(BO_SCOPES), value=d.bo_scope, label="BO scope (what seeds the GP)",
                                    info="batch: nothing; class: the class's earlier mini-batches; run: also the "
                                         "first class's")
