@@ -32,6 +32,7 @@ def test_random_dit_folder_loads_as_a_dit_backend(tiny_dit_dir, dit) -> None:
     assert dit.default_betas == (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)
     assert dit.default_lambda == pytest.approx(2000 * (4 * 8 * 8) / (4 * 64 * 64))  # 500 at DiT-XL/2-256's 4x32x32
     assert dit.make_scheduler("DDIMScheduler").config.num_train_timesteps == 1000
+    assert dit.vae_chunk == 1  # its VAE runs one image at a time, as Stable Diffusion's (test_sd_backend)
 
 
 def test_class_names_map_through_id2label_and_wordnet_ids(dit) -> None:

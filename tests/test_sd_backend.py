@@ -62,3 +62,29 @@ def test_lambda_zero_equals_diffusers_img2img_pipeline(tiny_sd_dir, beta, gamma,
                num_inference_steps=steps, negative_prompt=["cartoon"] * 2, eta=0.0, output_type="pt",
                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     torch.testing.assert_close(ours.images, ref.float(), rtol=0, atol=2e-5)
+
+
+def test_the_hub_backbones_run_the_vae_one_image_at_a_time(tiny_sd_dir, monkeypatch):
+    """At 512 px the VAE's activations set the peak memory, so SD (and DiT) encode and decode per image: one VAE call
+    per image, each image exactly what it gives alone. The bundled backbone keeps one call per batch."""
+    from adaptive_dd.backends import create_backend
+
+    sd = create_backend(str(tiny_sd_dir))
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    calls: list[int] = []
+    for name in ("encode", "decode"):
+        real = getattr(sd.vae, name)
+        monkeypatch.setattr(sd.vae, name, lambda x, real=real: calls.append(len(x)) or real(x))
+    latents = sd.encode(images)
+    decoded = sd.decode(latents)
+    assert calls == [1, 1, 1, 1, 1, 1]
+    for k in range(3):
+        torch.testing.assert_close(sd.encode(images[k:k + 1]), latents[k:k + 1], rtol=0, atol=0)
+        torch.testing.assert_close(sd.decode(latents[k:k + 1]), decoded[k:k + 1], rtol=0, atol=0)
+    bundled = create_backend("bundled")
+    calls.clear()
+    for name in ("encode", "decode"):
+        real = getattr(bundled.vae, name)
+        monkeypatch.setattr(bundled.vae, name, lambda x, real=real: calls.append(len(x)) or real(x))
+    bundled.decode(bundled.encode(torch.rand(3, 1, 32, 32)))
+    assert calls == [3, 3]
