@@ -93,13 +93,13 @@ class BOConfig:
 
     mode names a preset (BO_MODES) for the cost settings left None, which DistillConfig.validate fills in, so the
     manifest records every value: q (candidates per round, evaluated in one sampler call), design_q (candidates per
-    round while the initial design lasts: its points need no observation; 0: q), scope (which earlier
-    observations seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class,
-    the pilot), kernel_scope (where the GP kernel's hyper-parameters are learned: by every mini-batch, or once per
-    class on its first prior, which its later mini-batches keep), proxy_seeds (seeds each proxy runs on, the batch's first ones; 0: all), warm_budget (evaluations of
-    a batch whose GP starts from a prior; 0: the budget), early_stop (stop when no unevaluated point's UCB beats
-    the best observed) and freeze_after (the kernel's hyper-parameters are fixed at the first GP fit to at least
-    that many points, the prior's included; 0: never).
+    round while the initial design lasts: its points need no observation; 0: q), scope (which earlier observations
+    seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class, the pilot),
+    kernel_scope (where the GP kernel's hyper-parameters are learned: by every mini-batch, or once per class on its
+    first prior, which its later mini-batches keep), proxy_seeds (seeds each proxy runs on, the batch's first ones;
+    0: all), warm_budget (evaluations of a batch whose GP starts from a prior; 0: the budget), early_stop (stop
+    when no unevaluated point's UCB beats the best observed) and freeze_after (the kernel's hyper-parameters are
+    fixed at the first GP fit to at least that many points, the prior's included; 0: never).
     """
 
     betas: tuple[float, ...] | None = None
