@@ -146,6 +146,8 @@ def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_pa
     (dict(sampler=SamplerConfig(steps=2), bo=BOConfig(gammas=(0.3,))), "no denoising step"),
     (dict(bo=BOConfig(mode="quick")), "BO mode must be one of paper, fast, got 'quick'"),
     (dict(bo=BOConfig(scope="epoch")), "BO scope must be one of batch, class, run, got 'epoch'"),
+    (dict(bo=BOConfig(kernel_scope="run")), "kernel scope must be one of batch, class, got 'run'"),
+    (dict(bo=BOConfig(design_q=-2)), "design q .* must be >= 0"),
     (dict(bo=BOConfig(proxy_seeds=-1)), "proxy seeds must be >= 0"),
     (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
     (dict(bo=BOConfig(freeze_after=-1)), "freeze_after"),
