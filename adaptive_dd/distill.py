@@ -44,18 +44,34 @@ from .sampler import Job, SampleResult, img2img_jobs, noise_seed
 
 @dataclass
 class BOStep:
+    """One BO round: its candidates and proxy images, and the search as it stood after it (a GridBO.snapshot),
+    from which the observations, the best point, the prior and the posterior are read."""
+
     class_name: str
     class_index: int
     batch_index: int
-    evaluations: int
     budget: int
     candidates: list[Observation]
-    observations: list[Observation]
-    search: GridBO  # the search as it stood after this round (GridBO.snapshot)
-    best: Observation
+    search: GridBO
     proxy_images: torch.Tensor  # (len(candidates), proxy seeds, C, H, W)
     seed_images: torch.Tensor
-    prior: list[tuple[float, float, float]] = field(default_factory=list)  # (beta, gamma, mean f) seeding the GP
+
+    @property
+    def observations(self) -> list[Observation]:
+        return self.search.observations
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.search.observations)
+
+    @property
+    def best(self) -> Observation:
+        return self.search.best
+
+    @property
+    def prior(self) -> list[tuple[float, float, float]]:
+        """(beta, gamma, mean f) of the prior that seeded the GP."""
+        return self.search.prior_points
 
     @cached_property
     def posterior(self) -> GridPosterior:
@@ -382,9 +398,9 @@ class Distiller:
             gen_view = self.teacher.embed(images)
             values = [self.objective(proxy_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
             bo.tell(points, values)
-            yield BOStep(batch.class_name, batch.class_index, batch.index, len(bo.observations), batch.budget,
-                         bo.observations[-len(points):], list(bo.observations), bo.snapshot(), bo.best,
-                         images.view(len(points), m, *images.shape[1:]), batch.images, bo.prior_points)
+            yield BOStep(batch.class_name, batch.class_index, batch.index, batch.budget,
+                         bo.observations[-len(points):], bo.snapshot(), images.view(len(points), m, *images.shape[1:]),
+                         batch.images)
         return bo
 
     def run_batch(self, seed_images: torch.Tensor, seed_ids: list[str], class_name: str, batch_index: int = 0,
