@@ -210,13 +210,15 @@ def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, i
     eps_c, eps_u = backend.predict_noise(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
                                          torch.cat([cond[idx], null[idx]])).chunk(2)
     eps = guided_noise(eps_c, eps_u, beta[idx]).to(z.dtype)
-    rows_job = job[idx.cpu()]
-    push = None
+    rows_job, rows_group = job[idx.cpu()], group[idx.cpu()]
+    push, z_rows = None, None
     for j, (weight, bandwidth) in enumerate(repulsion):
         if weight > 0 and (mine := rows_job == j).any():
-            push = torch.zeros_like(z[idx]) if push is None else push
+            if push is None:
+                z_rows = z[idx]
+                push = torch.zeros_like(z_rows)
             at = mine.to(z.device)
-            push[at] = grouped_repulsion(z[idx][at], group[idx.cpu()][mine], bandwidth).to(z.dtype)
+            push[at] = grouped_repulsion(z_rows[at], rows_group[mine], bandwidth).to(z.dtype)
     out, offset = z.clone(), 0
     for c, k in active:
         n = len(c.idx)
