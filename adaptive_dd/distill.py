@@ -500,7 +500,7 @@ class Distiller:
         """The pilot class's observations per batch, searching those history lacks (and redoing the final pass
         before each, in which its first round rides)."""
         done = history.setdefault(self.pilot, {})
-        batches = self._batches(self.pilot)
+        batches = self._batches(self.seed_plan(self.pilot)[0])
         for b, idx, slots in batches:
             if b not in done:
                 batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), self.pilot, b, slots,
@@ -517,9 +517,9 @@ class Distiller:
         beta, gamma, _ = max(observed, key=lambda o: o[2])
         return beta, gamma
 
-    def _batches(self, class_name: str) -> list[tuple[int, np.ndarray, list[int]]]:
-        """(batch index, dataset indices of its seeds, its output slots) for each mini-batch of the class."""
-        plan, _ = self.seed_plan(class_name)
+    @staticmethod
+    def _batches(plan: list[np.ndarray]) -> list[tuple[int, np.ndarray, list[int]]]:
+        """(batch index, dataset indices of its seeds, its output slots) for each mini-batch of a class's seed plan."""
         starts = np.cumsum([0] + [len(idx) for idx in plan])
         return [(b, idx, list(range(starts[b], starts[b + 1]))) for b, idx in enumerate(plan)]
 
@@ -543,7 +543,8 @@ class Distiller:
         before a resume (its final pass is redone for the ride): which call a round runs in depends only on its
         class and batch, never on how classes are spread over processes or where a run was resumed."""
         for name, finished in work:
-            batches = self._batches(name)
+            plan, wrapped = self.seed_plan(name)
+            batches = self._batches(plan)
             summaries: list[BatchSummary] = []
             ahead: list[_Batch] = []
             for b, idx, slots in batches:
@@ -566,7 +567,6 @@ class Distiller:
                     if isinstance(ev, BatchDone):
                         summaries.append(ev.summary())
                     yield ev
-            plan, wrapped = self.seed_plan(name)
             yield ClassDone(name, self.dataset.class_index(name), sum(len(idx) for idx in plan), wrapped, summaries)
 
     def _prepare_in_run(self, name: str, b: int, idx: np.ndarray, slots: list[int], history: History) -> _Batch:
