@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
-from adaptive_dd.config import BO_MODES, BO_SCOPES, KERNEL_SCOPES  # noqa: E402
+from adaptive_dd.config import BO_MODES, BO_SCOPES, KERNEL_SCOPES, WARM_DESIGNS  # noqa: E402
 from adaptive_dd.fidelity import OBJECTIVES  # noqa: E402
 from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
@@ -109,15 +109,20 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
             kernel_scope = gr.Dropdown(list(KERNEL_SCOPES), value=d.kernel_scope, label="kernel scope",
                                        info="batch: every mini-batch learns the GP kernel; class: learned once on "
                                             "the class's first prior")
+            warm_design = gr.Dropdown(list(WARM_DESIGNS), value=d.warm_design, label="warm design",
+                                      info="where a search with a prior starts: top: its best points; ucb: its best "
+                                           "point, then GP-UCB's picks; top_then_ucb: top on a class's first "
+                                           "mini-batch, ucb on its later ones")
             seed = gr.Number(d.seed, precision=0, label="seed")
     bo_mode.change(S.on_bo_mode, bo_mode,
-                   [q, design_q, bo_scope, kernel_scope, proxy_seeds, warm_budget, early_stop, freeze_after,
-                    proxy_steps],
+                   [q, design_q, bo_scope, kernel_scope, warm_design, proxy_seeds, warm_budget, early_stop,
+                    freeze_after, proxy_steps],
                    api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
             "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
             "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "early_stop": early_stop,
-            "freeze_after": freeze_after, "design_q": design_q, "kernel_scope": kernel_scope}
+            "freeze_after": freeze_after, "design_q": design_q, "kernel_scope": kernel_scope,
+            "warm_design": warm_design}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

@@ -194,6 +194,7 @@ class Settings:
     freeze_after: int
     design_q: int
     kernel_scope: str
+    warm_design: str
 
     @classmethod
     def names(cls) -> list[str]:
@@ -215,7 +216,7 @@ class Settings:
                             proxy_seeds=int(self.proxy_seeds), warm_budget=int(self.warm_budget),
                             early_stop=bool(self.early_stop),
                             freeze_after=int(self.freeze_after), design_q=int(self.design_q),
-                            kernel_scope=self.kernel_scope)).validate()
+                            kernel_scope=self.kernel_scope, warm_design=self.warm_design)).validate()
         except ConfigError as e:
             raise gr.Error(str(e)) from None
 
@@ -244,14 +245,15 @@ def mode_settings(mode: str) -> dict[str, Any]:
     return {"q": preset["q"], "bo_mode": mode, "bo_scope": preset["scope"], "proxy_seeds": preset["proxy_seeds"],
             "warm_budget": preset["warm_budget"], "early_stop": preset["early_stop"],
             "freeze_after": preset["freeze_after"], "design_q": preset["design_q"],
-            "kernel_scope": preset["kernel_scope"]}
+            "kernel_scope": preset["kernel_scope"], "warm_design": preset["warm_design"]}
 
 
 def on_bo_mode(mode: str):
     """Choosing a BO mode sets the controls it presets; each can still be changed after."""
     s = mode_settings(mode)
-    return (*(gr.update(value=s[k]) for k in ("q", "design_q", "bo_scope", "kernel_scope", "proxy_seeds",
-                                              "warm_budget", "early_stop", "freeze_after")), gr.update(value=0))
+    return (*(gr.update(value=s[k]) for k in ("q", "design_q", "bo_scope", "kernel_scope", "warm_design",
+                                              "proxy_seeds", "warm_budget", "early_stop", "freeze_after")),
+            gr.update(value=0))
 
 
 def lambda_max() -> float:

@@ -105,18 +105,22 @@ class GridBO:
     prior: (beta, gamma, f) observed on other seeds (points off this grid are ignored); freeze_after: the kernel's
     hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit);
     kernel_prior: observations whose GP's learned hyper-parameters this one keeps from the start (none: it learns
-    its own).
+    its own); warm_design: where a search with a prior starts, "top" (the prior's n_initial best points) or "ucb" (its
+    best point, then GP-UCB's picks, so a warm round of q also explores).
     """
 
     def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none",
                  prior: Sequence[tuple[float, float, float]] = (), freeze_after: int = 0,
-                 kernel_prior: Sequence[tuple[float, float, float]] = ()):
+                 kernel_prior: Sequence[tuple[float, float, float]] = (), warm_design: str = "top"):
         self.betas = tuple(float(b) for b in betas)
         self.gammas = tuple(float(g) for g in gammas)
         self.kappa = float(kappa)
         if warp not in WARPS:
             raise ValueError(f"unknown warp {warp!r}; use one of {', '.join(WARPS)}")
         self.warp = warp
+        if warm_design not in ("top", "ucb"):
+            raise ValueError(f"unknown warm design {warm_design!r}; use top or ucb")
+        self.warm_design = warm_design
         self.n_initial = max(1, int(n_initial))
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -186,11 +190,14 @@ class GridBO:
                 for k, v in self.prior.items()]
 
     def _prior_best(self) -> list[int]:
-        """The design with a prior: the n_initial points where the prior's posterior median is highest, best first
-        (exploit first: a q-batch evaluates the top q on the new seeds in one sampler call)."""
+        """The design with a prior: the points where the prior's posterior median is highest, best first; n_initial
+        of them ("top": a q-batch evaluates the top q on the new seeds), or the best alone ("ucb": the rest of a
+        q-batch is GP-UCB's, picked with the constant liar, so a warm batch also tries a point the prior has not
+        ruled out instead of inheriting the prior's noisy ranking)."""
         mean, _ = self._predict(self._gp())
         order = np.argsort(-mean, kind="stable")
-        return [int(p) for p in order[:min(self.n_initial, len(order))]]
+        n = 1 if self.warm_design == "ucb" else self.n_initial
+        return [int(p) for p in order[:min(n, len(order))]]
 
     def _prior_gp(self, prior: dict[int, float]):
         """The GP on a prior alone, fitted once per distinct (grid, warp, prior, fixed kernel): under the run scope

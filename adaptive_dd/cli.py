@@ -11,7 +11,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from .config import BO_MODES, BO_SCOPES, KERNEL_SCOPES, BOConfig, DistillConfig, RepulsionConfig, SamplerConfig
+from .config import (BO_MODES, BO_SCOPES, KERNEL_SCOPES, WARM_DESIGNS, BOConfig, DistillConfig, RepulsionConfig,
+                     SamplerConfig)
 from .evaluation.students import PROTOCOLS
 from .fidelity import OBJECTIVES
 from .options import parse_bandwidth, parse_floats, parse_names
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kernel-scope", choices=list(KERNEL_SCOPES), help="where the GP kernel's hyper-parameters are "
                    "learned: batch (every mini-batch) or class (once, on the class's first prior; its later "
                    "mini-batches keep them) (default: the mode's)")
+    d.add_argument("--warm-design", choices=list(WARM_DESIGNS), help="where a search seeded by earlier observations "
+                   "starts: top (the prior's best points), ucb (its best point, then GP-UCB's picks, which also "
+                   "explore) or top_then_ucb (top on a class's first mini-batch, ucb on its later ones) (default: "
+                   "the mode's)")
     d.add_argument("--proxy-seeds", type=int, help="seeds each BO proxy runs on, the batch's first ones; 0: all "
                    "(default: the mode's)")
     d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "
@@ -159,7 +164,7 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
                     n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
                     novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
                     warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after,
-                    design_q=a.design_q, kernel_scope=a.kernel_scope),
+                    design_q=a.design_q, kernel_scope=a.kernel_scope, warm_design=a.warm_design),
     )
 
 

@@ -15,18 +15,21 @@ from .repulsion import validate_bandwidth
 DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 BO_SCOPES = ("batch", "class", "run")
 KERNEL_SCOPES = ("batch", "class")
+WARM_DESIGNS = ("top", "ucb", "top_then_ucb")
 # What each BO mode sets when a field is left None. "paper": Algorithm 1 as written (a fresh GP per mini-batch, every
 # seed in every proxy, proxies on every other step, the whole budget). "fast": the issue 12 search, chosen by
 # benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"); a warm batch evaluates
-# the prior's two best points (one sampler call at q 2) and keeps the better on its own seeds: with one, every batch
-# after the pilot would only confirm the pilot's optimum, a search in name only. A cold search runs its 4-point design
-# in one call (design_q), and a class's later batches keep the GP kernel learned on its first prior (kernel_scope).
+# two points in one sampler call (q 2) and keeps the better on its own seeds: a class's first batch the prior's two
+# best points (the pilot's evidence alone), its later batches the prior's best and GP-UCB's pick (warm_design
+# "top_then_ucb"), so the class can leave the pilot's optimum, a noisy pick on a nearly flat f, once it has evidence
+# of its own (bo_cost.py's validation at IPC 10 and 50). A cold search runs its 4-point design in one call
+# (design_q), and a class's later batches keep the GP kernel learned on its first prior (kernel_scope).
 # proxy_stride None leaves SamplerConfig.proxy_steps None: every other step of the final schedule.
 BO_MODES: dict[str, dict[str, object]] = {
-    "paper": {"q": 1, "design_q": 0, "scope": "batch", "kernel_scope": "batch", "proxy_seeds": 0, "warm_budget": 0,
-              "early_stop": False, "freeze_after": 0, "proxy_stride": None},
-    "fast": {"q": 2, "design_q": 4, "scope": "run", "kernel_scope": "class", "proxy_seeds": 4, "warm_budget": 2,
-             "early_stop": True, "freeze_after": 4, "proxy_stride": 5},
+    "paper": {"q": 1, "design_q": 0, "scope": "batch", "kernel_scope": "batch", "warm_design": "top",
+              "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0, "proxy_stride": None},
+    "fast": {"q": 2, "design_q": 4, "scope": "run", "kernel_scope": "class", "warm_design": "top_then_ucb",
+             "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4, "proxy_stride": 5},
 }
 
 
@@ -96,7 +99,9 @@ class BOConfig:
     round while the initial design lasts: its points need no observation; 0: q), scope (which earlier observations
     seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class, the pilot),
     kernel_scope (where the GP kernel's hyper-parameters are learned: by every mini-batch, or once per class on its
-    first prior, which its later mini-batches keep), proxy_seeds (seeds each proxy runs on, the batch's first ones;
+    first prior, which its later mini-batches keep), warm_design (where a search seeded by a prior starts: the prior's
+    n_initial best points, "top"; its best point, then GP-UCB's picks, "ucb"; or "top" on a class's first mini-batch
+    and "ucb" on its later ones, "top_then_ucb"), proxy_seeds (seeds each proxy runs on, the batch's first ones;
     0: all), warm_budget (evaluations of a batch whose GP starts from a prior; 0: the budget), early_stop (stop
     when no unevaluated point's UCB beats the best observed) and freeze_after (the kernel's hyper-parameters are
     fixed at the first GP fit to at least that many points, the prior's included; 0: never).
@@ -115,6 +120,7 @@ class BOConfig:
     mode: str = "fast"
     scope: str | None = None
     kernel_scope: str | None = None
+    warm_design: str | None = None
     proxy_seeds: int | None = None
     warm_budget: int | None = None
     early_stop: bool | None = None
@@ -162,6 +168,8 @@ class BOConfig:
             raise ConfigError(f"BO scope must be one of {', '.join(BO_SCOPES)}, got {self.scope!r}")
         if self.kernel_scope not in KERNEL_SCOPES:
             raise ConfigError(f"kernel scope must be one of {', '.join(KERNEL_SCOPES)}, got {self.kernel_scope!r}")
+        if self.warm_design not in WARM_DESIGNS:
+            raise ConfigError(f"warm design must be one of {', '.join(WARM_DESIGNS)}, got {self.warm_design!r}")
         if self.proxy_seeds < 0:
             raise ConfigError(f"proxy seeds must be >= 0 (0: all seeds of the batch), got {self.proxy_seeds}")
         if self.warm_budget < 0:

@@ -13,8 +13,9 @@ the chosen (beta*, gamma*) and the objective on the final images. The app path: 
 on one class's m_seed seeds, BO and final pass, as app_handlers.run_bo calls it) in paper and default mode,
 alternated, the ratio of their medians. Writes benchmarks/results/bo_cost.json and bo_cost.md.
 
---validate MODES: also distil all 10 classes at IPC 10 in each of those modes and score students (both architectures,
---val-seeds) on uci-digits' val split (never the test split): what the fast mode's settings were chosen by.
+--validate MODES: also distil all 10 classes at each --val-ipcs (default 10) in each of those modes and score students
+(both architectures, --val-seeds) on uci-digits' val split (never the test split): what the fast mode's settings were
+chosen by. "fixed_1.5_0.3" is no search at all, fixed_best's uci-digits point, for scale.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,11 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fast_warm_2": ("default with 2 evaluations when warm", {"warm_budget": 2}, None),
     "fast_design_q_0": ("default with the initial design in rounds of q", {"design_q": 0}, None),
     "fast_kernel_batch": ("default with the GP kernel learned by every mini-batch", {"kernel_scope": "batch"}, None),
+    "fast_warm_top": ("default with every warm batch on the prior's two best points", {"warm_design": "top"}, None),
+    "fast_warm_ucb": ("default with every warm batch on the prior's best and GP-UCB's pick", {"warm_design": "ucb"},
+                      None),
+    "fixed_1.5_0.3": ("no search: fixed (1.5, 0.3), fixed_best's uci-digits point", {"betas": (1.5,),
+                                                                                     "gammas": (0.3,)}, None),
 }
 SIDE_BY_SIDE = [m for m in MODES if not m.startswith("fast_")]  # the variants of fast are for --validate
 
@@ -110,24 +117,27 @@ def app_speed(models: tuple, classes: list[str], repeats: int) -> dict:
             "speedup": paper / fast}
 
 
-def validate(modes: list[str], seeds: list[int]) -> dict[str, dict]:
-    """Val accuracy of students trained on each mode's IPC 10 set of all classes (benchmarks/run.py's students)."""
+def validate(modes: list[str], seeds: list[int], ipcs: list[int]) -> dict[str, dict[str, dict]]:
+    """Val accuracy of students trained on each mode's set of all 10 classes at each IPC (benchmarks/run.py's
+    students); IPC -> mode -> figures."""
     from run import StudentConfig, _init_student_worker, _slim, _student_job, generate
 
     scfg = StudentConfig(seeds=tuple(seeds))
     _init_student_worker()
-    out = {}
-    for m in modes:
-        run = generate(config(m, [str(c) for c in range(10)], 10))
-        acc = {arch: [_student_job("unaligned", _slim(run), arch, seed, scfg, "val") for seed in seeds]
-               for arch in scfg.archs}
-        out[m] = {"val_accuracy": acc, "mean": float(np.mean([v for a in acc.values() for v in a])),
-                  "seconds_per_image": run["seconds"] / run["n_images"],
-                  "bo_share": run["seconds_bo"] / (run["seconds_bo"] + run["seconds_final"]),
-                  "points": sorted({(b["beta"], b["gamma"]) for b in run["batches"]})}
-        print(f"val {m:<15} mean val accuracy {100 * out[m]['mean']:.2f} "
-              f"({', '.join(f'{a} {100 * np.mean(v):.2f}' for a, v in acc.items())}), "
-              f"{out[m]['seconds_per_image']:.3f} s/image, BO {100 * out[m]['bo_share']:.0f}%", flush=True)
+    out: dict[str, dict[str, dict]] = {}
+    for ipc in ipcs:
+        for m in modes:
+            run = generate(config(m, [str(c) for c in range(10)], ipc))
+            acc = {arch: [_student_job("unaligned", _slim(run), arch, seed, scfg, "val") for seed in seeds]
+                   for arch in scfg.archs}
+            r = out.setdefault(str(ipc), {})[m] = {
+                "val_accuracy": acc, "mean": float(np.mean([v for a in acc.values() for v in a])),
+                "seconds_per_image": run["seconds"] / run["n_images"],
+                "bo_share": run["seconds_bo"] / (run["seconds_bo"] + run["seconds_final"]),
+                "points": [(b["beta"], b["gamma"]) for b in run["batches"]]}
+            print(f"val IPC {ipc} {m:<15} mean val accuracy {100 * r['mean']:.2f} "
+                  f"({', '.join(f'{a} {100 * np.mean(v):.2f}' for a, v in acc.items())}), "
+                  f"{r['seconds_per_image']:.3f} s/image, BO {100 * r['bo_share']:.0f}%", flush=True)
     return out
 
 
@@ -148,15 +158,18 @@ def write_md(result: dict, path: Path) -> str:
         lines += ["", f"App (one Explore run on one class, BO + final pass, m_seed 10, median of "
                       f"{len(a['seconds']['paper'])}): paper {a['median_paper']:.2f} s, default "
                       f"{a['median_fast']:.2f} s, **{a['speedup']:.2f}x** faster."]
-    v = result.get("validation")
-    if v:
-        lines += ["", "Validation (all 10 classes, IPC 10, students on uci-digits' val split, seeds "
-                      f"{result['val_seeds']}):", "", "| mode | mean val accuracy | per student | s/image | BO share |",
-                  "|---|---|---|---|---|"]
-        for m, r in v.items():
-            per = ", ".join(f"{a} {100 * np.mean(x):.2f}" for a, x in r["val_accuracy"].items())
+    for ipc, modes in result.get("validation", {}).items():
+        lines += ["", f"Validation (all 10 classes, IPC {ipc}, students on uci-digits' val split, seeds "
+                      f"{result['val_seeds']}, mean +- std over seeds):", "",
+                  "| mode | mean val accuracy | per student | s/image | BO share | (beta*, gamma*): batches |",
+                  "|---|---|---|---|---|---|"]
+        for m, r in modes.items():
+            per = ", ".join(f"{a} {100 * np.mean(x):.1f} +- {100 * np.std(x):.1f}"
+                            for a, x in r["val_accuracy"].items())
+            counts = Counter(tuple(p) for p in r["points"]).most_common()
+            points = ", ".join(f"({b:g}, {g:g}): {n}" for (b, g), n in counts)
             lines.append(f"| {m} | {100 * r['mean']:.2f} | {per} | {r['seconds_per_image']:.3f} | "
-                         f"{100 * r['bo_share']:.0f}% |")
+                         f"{100 * r['bo_share']:.0f}% | {points} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -172,6 +185,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--validate", default="", help="comma-separated modes to score on the val split (default: none)")
     p.add_argument("--val-seeds", default="0,1", help="student seeds of --validate")
+    p.add_argument("--val-ipcs", default="10", help="comma-separated IPCs of --validate")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -198,7 +212,8 @@ def main() -> None:
               f"{result['app']['median_fast']:.2f} s per Explore run: {result['app']['speedup']:.2f}x", flush=True)
     if a.validate:
         result["val_seeds"] = [int(x) for x in a.val_seeds.split(",")]
-        result["validation"] = validate(a.validate.split(","), result["val_seeds"])
+        result["validation"] = validate(a.validate.split(","), result["val_seeds"],
+                                        [int(i) for i in a.val_ipcs.split(",")])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "bo_cost.json").write_text(json.dumps(result, indent=1))
     print(write_md(result, a.out / "bo_cost.md"))

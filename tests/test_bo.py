@@ -339,3 +339,29 @@ def test_a_fit_waits_until_needed_and_a_snapshot_keeps_its_moment(monkeypatch):
         again.tell([o.index], [o.f])
     np.testing.assert_array_equal(then.posterior().mean, again.posterior().mean)
     assert len(then.observations) == 3
+
+
+def test_a_ucb_warm_design_finds_an_optimum_the_prior_does_not_share():
+    """A class whose surface (bump, optimum (7, 0.6)) differs from the pilot's (corner, optimum (2, 0.4)): each warm
+    mini-batch evaluates two points and adds them to the next one's prior, as the fast mode does. Starting at the
+    prior's two best points ("top") keeps every batch near the pilot's optimum; the prior's best plus GP-UCB's pick
+    ("ucb") reaches the class's own optimum."""
+    def found(design: str, seed: int) -> float:
+        pilot, _ = _run(200 + seed, f=corner)
+        prior = [(o.beta, o.gamma, o.f) for o in pilot.observations]
+        for k in range(8):
+            bo = GridBO(BETAS, GAMMAS, kappa=2.0, n_initial=3, seed=10 * seed + k, prior=prior, freeze_after=4,
+                        warm_design=design)
+            points = bo.ask(2)
+            assert len(set(points)) == 2
+            if design == "ucb":
+                mean = bo.posterior().mean  # the prior's posterior: the round starts at its best point
+                assert mean[points[0]] == mean.max()
+            bo.tell(points, [bump(BETAS[i], GAMMAS[j]) for i, j in points])
+            prior += [(o.beta, o.gamma, o.f) for o in bo.observations]
+        return max(f for *_, f in prior[len(pilot.observations):])
+
+    assert sum(found("ucb", s) == 0.0 for s in range(6)) >= 5
+    assert sum(found("top", s) == 0.0 for s in range(6)) == 0
+    with pytest.raises(ValueError, match="warm design"):
+        GridBO(BETAS, GAMMAS, warm_design="explore")

@@ -147,6 +147,7 @@ def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_pa
     (dict(bo=BOConfig(mode="quick")), "BO mode must be one of paper, fast, got 'quick'"),
     (dict(bo=BOConfig(scope="epoch")), "BO scope must be one of batch, class, run, got 'epoch'"),
     (dict(bo=BOConfig(kernel_scope="run")), "kernel scope must be one of batch, class, got 'run'"),
+    (dict(bo=BOConfig(warm_design="explore")), "warm design must be one of top, ucb, top_then_ucb, got 'explore'"),
     (dict(bo=BOConfig(design_q=-2)), "design q .* must be >= 0"),
     (dict(bo=BOConfig(proxy_seeds=-1)), "proxy seeds must be >= 0"),
     (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
@@ -357,3 +358,30 @@ def test_a_cold_search_runs_its_whole_design_in_one_sampler_call(tiny_backend, t
     for obs in observed.values():
         assert [o.index[0] * len(gammas) + o.index[1] for o in obs[:4]] == design
     np.testing.assert_allclose([o.f for o in observed[4][:4]], [o.f for o in observed[0][:4]], rtol=1e-4, atol=1e-6)
+
+
+def test_top_then_ucb_explores_once_a_class_has_batches_of_its_own_in_one_sampler_call(tiny_backend, tiny_teacher):
+    """The fast mode's warm design: a class's first warm mini-batch evaluates the prior's two best points; a later
+    one the prior's best and GP-UCB's pick. Either is one round of q = 2, so one sampler call."""
+    from adaptive_dd.bo import GridBO
+
+    cfg = _config(classes=["0", "1"], ipc=6, m_seed=3, bo=BOConfig(
+        betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, mode="fast", proxy_seeds=2, early_stop=False))
+    assert cfg.validate().bo.warm_design == "top_then_ucb"
+    steps = [e for e in Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run() if isinstance(e, BOStep)]
+    rounds = {}
+    for s in steps:
+        rounds.setdefault((s.class_name, s.batch_index), []).append([o.index for o in s.candidates])
+    assert [len(r) for r in rounds[("0", 0)]] == [4] and rounds[("1", 1)] == [rounds[("1", 1)][0]]
+
+    def ranked(*keys):
+        prior = [(o.beta, o.gamma, o.f) for s in steps if (s.class_name, s.batch_index) in keys for o in s.candidates]
+        mean = GridBO(cfg.bo.betas, cfg.bo.gammas, prior=prior, freeze_after=4).posterior().mean
+        return [np.unravel_index(k, mean.shape) for k in np.argsort(-mean, axis=None, kind="stable")]
+
+    pilot_later, = rounds[("0", 1)]  # its prior: the pilot's first batch
+    order = ranked(("0", 0))
+    assert pilot_later[0] == order[0] and pilot_later[1] != order[1]
+    first, = rounds[("1", 0)]  # its prior: the pilot's batches
+    order = ranked(("0", 0), ("0", 1))
+    assert first == [order[0], order[1]]
