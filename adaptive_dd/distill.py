@@ -11,8 +11,8 @@ mini-batch, all seeds, every other step); "fast" warm-starts each mini-batch's G
 class and of the run's first class (the pilot), runs proxies on a few seeds and fewer steps, and spends a small
 budget where a prior exists.
 
-A mini-batch's first proxy round is fixed before any of its proxies run (the design's first points, from the
-prior alone), so it rides in the final pass of the class's previous mini-batch: one sampler call
+A mini-batch's first proxy round is fixed before any of its proxies run (the design's first points, topped up with
+GP-UCB picks on the prior: from the prior alone), so it rides in the final pass of the class's previous mini-batch: one sampler call
 (sampler.img2img_jobs) for both. Which call a round runs in depends only on its class and batch (a resumed run, or a
 process searching the pilot class, redoes the final pass it rides in), so the bytes do not depend on the process
 layout even where a sample's bits depend on its batch mates. The round is charged its marginal time in that call.
