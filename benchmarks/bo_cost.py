@@ -66,7 +66,7 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fixed_1.5_0.3": ("no search: fixed (1.5, 0.3), fixed_best's uci-digits point", {"betas": (1.5,),
                                                                                      "gammas": (0.3,)}, None),
 }
-SIDE_BY_SIDE = [m for m in MODES if not m.startswith("fast_")]  # the variants of fast are for --validate
+SIDE_BY_SIDE = [m for m in MODES if not m.startswith(("fast_", "fixed_"))]  # fast variants, fixed points: --validate
 
 
 def config(mode: str, classes: list[str], ipc: int) -> DistillConfig:
