@@ -12,10 +12,11 @@ class and of the run's first class (the pilot), runs proxies on a few seeds and 
 budget where a prior exists.
 
 A mini-batch's first proxy round is fixed before any of its proxies run (the design's first points, topped up with
-GP-UCB picks on the prior: from the prior alone), so it rides in the final pass of the class's previous mini-batch: one sampler call
-(sampler.img2img_jobs) for both. Which call a round runs in depends only on its class and batch (a resumed run, or a
-process searching the pilot class, redoes the final pass it rides in), so the bytes do not depend on the process
-layout even where a sample's bits depend on its batch mates. The round is charged its marginal time in that call.
+GP-UCB picks on the prior: from the prior alone), so it rides in the final pass of the class's previous mini-batch:
+one sampler call (sampler.img2img_jobs) for both. Which call a round runs in depends only on its class and batch (a
+resumed run, or a process searching the pilot class, redoes the final pass it rides in), so the bytes do not depend
+on the process layout even where a sample's bits depend on its batch mates. The round is charged its marginal time
+in that call.
 
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
 and a warm start's prior comes from finished batches only (a process without the pilot's searches them itself), so
