@@ -4,7 +4,7 @@ The surrogate is scikit-optimize's GaussianProcessRegressor with skopt's "GP" ke
 Matern 5/2) over grid coordinates scaled to [0, 1], plus a white-noise term bounded to at most 1% of the
 normalised variance: proxies reuse the same seeds and noise for every candidate, so f is nearly noise-free, and
 an unbounded noise term lets the GP explain away a whole axis after a few points. Length scales are bounded
-to [0.1, 2] grid widths for the same reason.
+to [0.3, 2] grid widths for the same reason.
 UCB(x) = m(x) + kappa * sigma(x) is computed over the whole grid here, with evaluated and pending points
 masked, rather than by skopt's Optimizer, whose duplicate avoidance on a small grid can re-propose a point.
 
@@ -16,7 +16,8 @@ tends to sit on an edge, which a centred design never samples).
 
 Cheaper searches (issue 12): prior observations (earlier mini-batches' f, averaged per grid point) enter the GP
 but are not this batch's evaluations, so a point they cover can still be evaluated for the new seeds; with a prior
-the design is the prior's n_initial best points (by posterior median), best first. should_stop() says when no
+the design is the prior's n_initial best points (by posterior median), best first (warm_design "top"), or its best
+point alone, after which GP-UCB picks ("ucb"). should_stop() says when no
 unevaluated point's UCB beats the best observed. freeze_after fixes the kernel's hyper-parameters at the first
 fit to at least that many points (later fits only solve the GP): with a prior that is the first fit. kernel_prior
 fixes them from the start at those learned on another prior (a class's first one, so a class's later mini-batches
