@@ -59,6 +59,7 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fast_proxy_seeds_all": ("default with proxies on all seeds", {"proxy_seeds": 0}, None),
     "fast_warm_2": ("default with 2 evaluations when warm", {"warm_budget": 2}, None),
     "fast_design_q_0": ("default with the initial design in rounds of q", {"design_q": 0}, None),
+    "fast_q_4": ("default with cold searches in rounds of 4 after the design", {"q": 4}, None),
     "fast_kernel_batch": ("default with the GP kernel learned by every mini-batch", {"kernel_scope": "batch"}, None),
     "fast_warm_top": ("default with every warm batch on the prior's two best points", {"warm_design": "top"}, None),
     "fast_warm_ucb": ("default with every warm batch on the prior's best and GP-UCB's pick", {"warm_design": "ucb"},
