@@ -113,16 +113,20 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
                                       info="where a search with a prior starts: top: its best points; ucb: its best "
                                            "point, then GP-UCB's picks; top_then_ucb: top on a class's first "
                                            "mini-batch, ucb on its later ones")
+        with gr.Row():
+            class_group = gr.Number(d.class_group, precision=0, minimum=0,
+                                    label="class group (classes whose first proxy rounds share one sampler call in "
+                                          "an export; 0: 4 on a CPU, 1 on a GPU)")
             seed = gr.Number(d.seed, precision=0, label="seed")
     bo_mode.change(S.on_bo_mode, bo_mode,
                    [q, design_q, bo_scope, kernel_scope, warm_design, proxy_seeds, warm_budget, early_stop,
-                    freeze_after, proxy_steps],
+                    freeze_after, class_group, proxy_steps],
                    api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
             "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
             "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "early_stop": early_stop,
             "freeze_after": freeze_after, "design_q": design_q, "kernel_scope": kernel_scope,
-            "warm_design": warm_design}
+            "warm_design": warm_design, "class_group": class_group}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

@@ -195,6 +195,7 @@ class Settings:
     design_q: int
     kernel_scope: str
     warm_design: str
+    class_group: int
 
     @classmethod
     def names(cls) -> list[str]:
@@ -216,7 +217,8 @@ class Settings:
                             proxy_seeds=int(self.proxy_seeds), warm_budget=int(self.warm_budget),
                             early_stop=bool(self.early_stop),
                             freeze_after=int(self.freeze_after), design_q=int(self.design_q),
-                            kernel_scope=self.kernel_scope, warm_design=self.warm_design)).validate()
+                            kernel_scope=self.kernel_scope, warm_design=self.warm_design,
+                            class_group=int(self.class_group))).validate()
         except ConfigError as e:
             raise gr.Error(str(e)) from None
 
@@ -245,14 +247,16 @@ def mode_settings(mode: str) -> dict[str, Any]:
     return {"q": preset["q"], "bo_mode": mode, "bo_scope": preset["scope"], "proxy_seeds": preset["proxy_seeds"],
             "warm_budget": preset["warm_budget"], "early_stop": preset["early_stop"],
             "freeze_after": preset["freeze_after"], "design_q": preset["design_q"],
-            "kernel_scope": preset["kernel_scope"], "warm_design": preset["warm_design"]}
+            "kernel_scope": preset["kernel_scope"], "warm_design": preset["warm_design"],
+            "class_group": preset["class_group"]}
 
 
 def on_bo_mode(mode: str):
     """Choosing a BO mode sets the controls it presets; each can still be changed after."""
     s = mode_settings(mode)
     return (*(gr.update(value=s[k]) for k in ("q", "design_q", "bo_scope", "kernel_scope", "warm_design",
-                                              "proxy_seeds", "warm_budget", "early_stop", "freeze_after")),
+                                              "proxy_seeds", "warm_budget", "early_stop", "freeze_after",
+                                              "class_group")),
             gr.update(value=0))
 
 

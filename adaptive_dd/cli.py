@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end BO once no unevaluated point's UCB beats the best observed (default: the mode's)")
     d.add_argument("--freeze-after", type=int, help="fix the GP kernel's hyper-parameters at its first fit to at "
                    "least this many points, a prior's included; 0: never (default: the mode's)")
+    d.add_argument("--class-group", type=int, help="classes (in class order after the first) whose first mini-batches "
+                   "run their first BO proxy round in one sampler call and go to one process together; 0: by device, "
+                   "4 on a CPU, where small calls cost per call, 1 elsewhere (default: the mode's)")
     d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
                    "full sampler starts and take every (steps // proxy-steps)-th step (default: the mode's, every "
                    "other step in paper mode, a fifth of the steps in fast mode)")
@@ -164,7 +167,8 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
                     n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
                     novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
                     warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after,
-                    design_q=a.design_q, kernel_scope=a.kernel_scope, warm_design=a.warm_design),
+                    design_q=a.design_q, kernel_scope=a.kernel_scope, warm_design=a.warm_design,
+                    class_group=a.class_group),
     )
 
 

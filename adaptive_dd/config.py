@@ -24,13 +24,20 @@ WARM_DESIGNS = ("top", "ucb", "top_then_ucb")
 # "top_then_ucb"), so the class can leave the pilot's optimum, a noisy pick on a nearly flat f, once it has evidence
 # of its own (bo_cost.py's validation at IPC 10 and 50). A cold search runs its 4-point design in one call
 # (design_q), and a class's later batches keep the GP kernel learned on its first prior (kernel_scope).
-# proxy_stride None leaves SamplerConfig.proxy_steps None: every other step of the final schedule.
+# proxy_stride None leaves SamplerConfig.proxy_steps None: every other step of the final schedule. class_group 0: by
+# device (CPU_CLASS_GROUP on a CPU, 1 elsewhere; see BOConfig).
 BO_MODES: dict[str, dict[str, object]] = {
     "paper": {"q": 1, "design_q": 0, "scope": "batch", "kernel_scope": "batch", "warm_design": "top",
-              "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0, "proxy_stride": None},
+              "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0, "class_group": 1,
+              "proxy_stride": None},
     "fast": {"q": 2, "design_q": 4, "scope": "run", "kernel_scope": "class", "warm_design": "top_then_ucb",
-             "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4, "proxy_stride": 5},
+             "proxy_seeds": 4, "warm_budget": 2, "early_stop": True, "freeze_after": 4, "class_group": 0,
+             "proxy_stride": 5},
 }
+# A CPU runs the bundled UNet's small calls at a fixed cost per call (~13 ms, then ~0.9 ms per row), so the first
+# rounds of 4 classes in one call cost little more than one; an accelerator's cost grows with rows, and the call
+# would hold 4 rounds' activations at once.
+CPU_CLASS_GROUP = 4
 
 
 class ConfigError(ValueError):
@@ -103,8 +110,10 @@ class BOConfig:
     n_initial best points, "top"; its best point, then GP-UCB's picks, "ucb"; or "top" on a class's first mini-batch
     and "ucb" on its later ones, "top_then_ucb"), proxy_seeds (seeds each proxy runs on, the batch's first ones;
     0: all), warm_budget (evaluations of a batch whose GP starts from a prior; 0: the budget), early_stop (stop
-    when no unevaluated point's UCB beats the best observed) and freeze_after (the kernel's hyper-parameters are
-    fixed at the first GP fit to at least that many points, the prior's included; 0: never).
+    when no unevaluated point's UCB beats the best observed), freeze_after (the kernel's hyper-parameters are
+    fixed at the first GP fit to at least that many points, the prior's included; 0: never) and class_group (the
+    first proxy rounds of the first mini-batches of this many classes run in one sampler call, and the classes go
+    to one process together; 0: by device, CPU_CLASS_GROUP on a CPU and 1 elsewhere).
     """
 
     betas: tuple[float, ...] | None = None
@@ -125,6 +134,7 @@ class BOConfig:
     warm_budget: int | None = None
     early_stop: bool | None = None
     freeze_after: int | None = None
+    class_group: int | None = None
 
     def resolve(self) -> None:
         """Fill the fields left None from the mode's preset."""
@@ -178,6 +188,9 @@ class BOConfig:
         if self.freeze_after < 0:
             raise ConfigError(f"freeze_after (points the GP is fitted to before its kernel is fixed) must be >= 0, "
                               f"got {self.freeze_after}")
+        if self.class_group < 0:
+            raise ConfigError(f"class group (classes whose first proxy rounds share one sampler call) must be >= 0 "
+                              f"(0: by device), got {self.class_group}")
         if len(set(self.gammas)) != len(self.gammas) or (self.betas and len(set(self.betas)) != len(self.betas)):
             raise ConfigError("grid values must be distinct")
 
@@ -213,6 +226,8 @@ class DistillConfig:
         if "{name}" not in self.prompt:
             raise ConfigError(f"the prompt template must contain {{name}}, got {self.prompt!r}")
         self.bo.validate()
+        if self.bo.class_group == 0:
+            self.bo.class_group = CPU_CLASS_GROUP if self.device.split(":")[0] == "cpu" else 1
         stride = BO_MODES[self.bo.mode]["proxy_stride"]
         if self.sampler.proxy_steps is None and stride is not None:
             self.sampler.proxy_steps = proxy_steps_for(self.sampler.steps, int(stride))

@@ -13,10 +13,12 @@ budget where a prior exists.
 
 A mini-batch's first proxy round is fixed before any of its proxies run (the design's first points, topped up with
 GP-UCB picks on the prior: from the prior alone), so it rides in the final pass of the class's previous mini-batch:
-one sampler call (sampler.img2img_jobs) for both. Which call a round runs in depends only on its class and batch (a
-resumed run, or a process searching the pilot class, redoes the final pass it rides in), so the bytes do not depend
-on the process layout even where a sample's bits depend on its batch mates. The round is charged its marginal time
-in that call.
+one sampler call (sampler.img2img_jobs) for both. A class's first mini-batch has no predecessor: its first round runs
+in one call with those of the other classes of its unit (bo.class_group classes in class order after the pilot, which
+is a unit of its own), and a unit goes to one process. Which call a round runs in depends only on its class and batch
+(a resumed run, or a process searching the pilot class, redoes the final pass a round rides in, and a unit's call
+always holds every class of the unit), so the bytes do not depend on the process layout even where a sample's bits
+depend on its batch mates. A round is charged its marginal time in a final pass, its share by rows of a unit's call.
 
 Every class and every mini-batch is seeded on its own (noise per (seed, class, slot), BO per (seed, class, batch)),
 and a warm start's prior comes from finished batches only (a process without the pilot's searches them itself), so
@@ -554,6 +556,7 @@ class Distiller:
         batch's first proxy round rides in the previous batch's final pass, also when that batch was finished
         before a resume (its final pass is redone for the ride): which call a round runs in depends only on its
         class and batch, never on how classes are spread over processes or where a run was resumed."""
+        unit_firsts: dict[str, _Batch] = {}  # first mini-batches of the unit being run, their first rounds done
         for name, finished in work:
             plan, wrapped = self.seed_plan(name)
             batches = self._batches(plan)
@@ -563,7 +566,14 @@ class Distiller:
                 if b in finished:
                     summaries.append(finished[b])
                     continue
-                batch = ahead.pop() if ahead else self._prepare_in_run(name, b, idx, slots, history)
+                if ahead:
+                    batch = ahead.pop()
+                elif b == 0:
+                    if name not in unit_firsts:  # a new unit: what the last one left (finished classes') goes
+                        unit_firsts = self._unit_first_rounds(name, history)
+                    batch = unit_firsts.pop(name)
+                else:
+                    batch = self._prepare_in_run(name, b, idx, slots, history)
                 if b > 0 and batch.first is None and batch.budget:
                     prev = finished[b - 1]
                     self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], prev.beta, prev.gamma)
@@ -581,6 +591,30 @@ class Distiller:
                     yield ev
             yield ClassDone(name, self.dataset.class_index(name), sum(len(idx) for idx in plan), wrapped, summaries)
 
+    def units(self) -> list[list[str]]:
+        """The configured classes as the units a run deals to processes: the pilot alone (under the "run" scope every
+        other class's first prior waits for its search), then bo.class_group classes at a time in class order. The
+        first rounds of a unit's first mini-batches run in one sampler call."""
+        g, rest = self.config.bo.class_group, self.classes[1:]
+        return [[self.pilot]] + [rest[i:i + g] for i in range(0, len(rest), g)]
+
+    def _unit_first_rounds(self, name: str, history: History) -> dict[str, _Batch]:
+        """The first mini-batch of every class in name's unit, prepared, with its first proxy round generated: all
+        the unit's rounds in one sampler call, which holds them all even when some class of the unit is finished or
+        runs elsewhere, so its bits do not depend on the layout. Each round is charged its share of the call."""
+        unit = next(u for u in self.units() if name in u)
+        batches = {c: self._prepare_in_run(c, *self._batches(self.seed_plan(c)[0])[0], history) for c in unit}
+        searched = [batch for batch in batches.values() if batch.budget]
+        if searched:
+            t0 = time.perf_counter()
+            points = [self.first_round(batch) for batch in searched]
+            t_ask = (time.perf_counter() - t0) / len(searched)
+            for batch, p, out in zip(searched, points, self.sample([self.proxy_job(b, p)
+                                                                      for b, p in zip(searched, points)])):
+                batch.first = (p, out.images)
+                batch.seconds_bo += t_ask + out.seconds
+        return batches
+
     def _prepare_in_run(self, name: str, b: int, idx: np.ndarray, slots: list[int], history: History) -> _Batch:
         """prepare() for a batch of a run: its prior from history (time that counts as search)."""
         t0 = time.perf_counter()
@@ -592,9 +626,11 @@ class Distiller:
         return batch
 
     def assigned(self, shard: Shard = ONE_PROCESS, progress: Progress | None = None) -> list[str]:
-        """This process's classes: the unfinished ones, dealt round-robin, so a resumed run stays balanced."""
+        """This process's classes: the unfinished ones, dealt round-robin by unit (units), so a resumed run stays
+        balanced and a unit's first rounds are generated once."""
         finished = progress.classes if progress else set()
-        return [c for c in self.classes if c not in finished][shard.index::shard.count]
+        open_units = [[c for c in u if c not in finished] for u in self.units()]
+        return [c for u in [u for u in open_units if u][shard.index::shard.count] for c in u]
 
     def run(self, shard: Shard = ONE_PROCESS, progress: Progress | None = None) -> Iterator[Event]:
         """Algorithm 1 over this process's share of the configured classes, skipping what progress holds."""

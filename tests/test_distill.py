@@ -138,6 +138,16 @@ def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_pa
     assert d.seed_plan("1")[1] is False
 
 
+def test_the_fast_mode_groups_classes_on_a_cpu_only():
+    """class_group 0 (the fast mode's) resolves by device: 4 on a CPU, whose small UNet calls cost per call, 1 on an
+    accelerator, where a call costs by rows and would hold the group's activations; the paper mode runs classes
+    alone and an explicit value stands."""
+    assert DistillConfig(device="cpu").validate().bo.class_group == 4
+    assert DistillConfig(device="cuda:1").validate().bo.class_group == 1
+    assert DistillConfig(device="cpu", bo=BOConfig(mode="paper")).validate().bo.class_group == 1
+    assert DistillConfig(device="cuda", bo=BOConfig(class_group=3)).validate().bo.class_group == 3
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(ipc=0), "IPC"), (dict(m_seed=0), "m_seed"),
     (dict(bo=BOConfig(gammas=(0.0, 0.5))), "gamma"), (dict(bo=BOConfig(gammas=(1.2,))), "gamma"),
@@ -153,6 +163,7 @@ def test_small_class_wraps_around_and_says_so(tiny_backend, tiny_teacher, tmp_pa
     (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
     (dict(bo=BOConfig(freeze_after=-1)), "freeze_after"),
     (dict(bo=BOConfig(q=0)), "q must be >= 1"),
+    (dict(bo=BOConfig(class_group=-1)), "class group .* must be >= 0"),
 ])
 def test_bad_settings_are_named(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -304,31 +315,90 @@ def test_a_batch_first_round_rides_in_the_previous_final_pass_and_changes_nothin
 def test_rides_keep_sharded_and_resumed_runs_byte_identical_when_bits_depend_on_batch_mates(tiny_backend,
                                                                                            tiny_teacher, monkeypatch):
     """A backbone whose output for a sample depends on the rest of its batch (as GPU kernels chosen by batch size
-    may make it): two processes (the second searches the pilot class itself) and a run resumed after class 0's
-    first batch still give the same observations and images as one uninterrupted process."""
+    may make it): two processes (the second searches the pilot class itself), a run resumed after class 0's first
+    batch and one resumed after class 1 too (whose first round shares a sampler call with class 2's: class group 2)
+    still give the same observations and images as one uninterrupted process."""
     from adaptive_dd.distill import Progress, Shard
 
     predict = tiny_backend.predict_noise
     monkeypatch.setattr(tiny_backend, "predict_noise", lambda x, t, c: predict(x, t, c) + 1e-3 * x.mean())
-    cfg = _config(classes=["0", "1", "2"], ipc=5, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0),
-                                                              budget=3, q=2, mode="fast", proxy_seeds=2))
+    cfg = _config(classes=["0", "1", "2", "3"], ipc=5, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0),
+                                                                   budget=3, q=2, mode="fast", proxy_seeds=2,
+                                                                   class_group=2))
 
     def batches(events):
         return {(e.class_name, e.batch_index): e for e in events if isinstance(e, BatchDone)}
+
+    def observed(e):
+        return [(o.beta, o.gamma, o.f) for o in e.observations]
 
     one = batches(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run())
     two = {}
     for index in (0, 1):
         two.update(batches(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run(Shard(index, 2))))
     first = one[("0", 0)]
-    progress = Progress(batches={"0": {0: first.summary()}},
-                        history={"0": {0: [(o.beta, o.gamma, o.f) for o in first.observations]}})
+    progress = Progress(batches={"0": {0: first.summary()}}, history={"0": {0: observed(first)}})
     resumed = batches(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run(progress=progress))
+    class_1 = [one[("1", b)] for b in (0, 1)]
+    progress = Progress(classes={"1"}, batches={"0": {0: first.summary()}, "1": {e.batch_index: e.summary()
+                                                                                  for e in class_1}},
+                        history={"0": {0: observed(first)}, "1": {e.batch_index: observed(e) for e in class_1}})
+    without_1 = batches(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run(progress=progress))
     assert set(two) == set(one) and set(resumed) == set(one) - {("0", 0)}
-    for other in (two, resumed):
+    assert set(without_1) == set(one) - {("0", 0), ("1", 0), ("1", 1)}
+    for other in (two, resumed, without_1):
         for key, e in other.items():
             assert [(o.index, o.f) for o in e.observations] == [(o.index, o.f) for o in one[key].observations], key
             assert torch.equal(e.images, one[key].images), key
+
+
+def test_a_unit_of_classes_runs_its_first_rounds_in_one_sampler_call(tiny_backend, tiny_teacher, monkeypatch):
+    """With class_group 2, the first proxy rounds of classes 1 and 2, and of 3 and 4, each share one sampler call (the
+    pilot runs alone): two calls fewer than with class_group 1, the same observations and the same images, and the
+    time of a shared call split over its rounds."""
+    import adaptive_dd.distill as distill_module
+
+    real = distill_module.img2img_jobs
+    runs = {}
+    for group in (1, 2):
+        cfg = _config(classes=["0", "1", "2", "3", "4"], ipc=3, bo=BOConfig(
+            betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=3, q=2, mode="fast", proxy_seeds=2,
+            class_group=group))
+        dist = Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher)
+        calls: list[int] = []
+        monkeypatch.setattr(distill_module, "img2img_jobs",
+                            lambda b, jobs, **k: calls.append(len(jobs)) or real(b, jobs, **k))
+        assert dist.units() == ([["0"], ["1"], ["2"], ["3"], ["4"]] if group == 1 else [["0"], ["1", "2"], ["3", "4"]])
+        runs[group] = (calls, [e for e in dist.run() if isinstance(e, BatchDone)])
+    (calls_1, alone), (calls_2, grouped) = runs[1], runs[2]
+    assert calls_2.count(2) == 2 and calls_1.count(2) == 0 and len(calls_2) == len(calls_1) - 2, (calls_1, calls_2)
+    for a, g in zip(alone, grouped, strict=True):
+        assert (a.class_name, a.beta, a.gamma) == (g.class_name, g.beta, g.gamma)
+        np.testing.assert_allclose([o.f for o in g.observations], [o.f for o in a.observations], rtol=0, atol=1e-6)
+        torch.testing.assert_close(g.images, a.images, rtol=0, atol=0)
+        assert g.seconds_bo > 0
+
+
+def test_processes_are_dealt_whole_units_of_classes(tiny_backend, tiny_teacher):
+    """Sharding deals units (the pilot, then class_group classes), never splitting one, so a unit's shared first-round
+    call runs in one process; a resumed run deals the units with classes left, and class_group 1 deals classes."""
+    from adaptive_dd.distill import Progress, Shard
+
+    names = [str(i) for i in range(10)]
+
+    def dist(group):
+        return Distiller(_config(classes=names, bo=BOConfig(betas=(0.0, 1.0), gammas=(0.5, 1.0), mode="fast",
+                                                            class_group=group)),
+                         backend=tiny_backend, teacher=tiny_teacher)
+
+    four = dist(4)
+    assert four.units() == [["0"], ["1", "2", "3", "4"], ["5", "6", "7", "8"], ["9"]]
+    assert four.assigned(Shard(0, 2)) == ["0", "5", "6", "7", "8"]
+    assert four.assigned(Shard(1, 2)) == ["1", "2", "3", "4", "9"]
+    left = Progress(classes={"0", "2", "9"})
+    assert four.assigned(Shard(0, 2), left) == ["1", "3", "4"] and four.assigned(Shard(1, 2), left) == ["5", "6", "7",
+                                                                                                         "8"]
+    assert dist(1).assigned(Shard(1, 3)) == ["1", "4", "7"]
 
 
 def test_a_cold_search_runs_its_whole_design_in_one_sampler_call(tiny_backend, tiny_teacher, monkeypatch):
