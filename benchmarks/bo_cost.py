@@ -145,8 +145,8 @@ def validate(modes: list[str], seeds: list[int], ipcs: list[int]) -> dict[str, d
 def write_md(result: dict, path: Path) -> str:
     lines = [f"`{result['command']}`: uci-digits with the bundled models, m_seed 10, 50 steps, {result['machine']}."]
     if result["ipc"]:
-        lines += ["", f"BO cost per mode, classes {', '.join(result['classes'])} (one run, modes interleaved class by "
-                      "class):", "", "| IPC | mode | BO share of sampling time | s/image | BO evaluations per batch | "
+        lines += ["", f"BO cost per mode, classes {', '.join(result['classes'])} (one run, each mode over all "
+                      "the classes as the CLI runs them, one mode after the other):", "", "| IPC | mode | BO share of sampling time | s/image | BO evaluations per batch | "
                       "(beta*, gamma*) chosen | mean f on final images |", "|---|---|---|---|---|---|---|"]
     for ipc, modes in result["ipc"].items():
         for m, r in modes.items():
