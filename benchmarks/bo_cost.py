@@ -146,8 +146,9 @@ def write_md(result: dict, path: Path) -> str:
     lines = [f"`{result['command']}`: uci-digits with the bundled models, m_seed 10, 50 steps, {result['machine']}."]
     if result["ipc"]:
         lines += ["", f"BO cost per mode, classes {', '.join(result['classes'])} (one run, each mode over all "
-                      "the classes as the CLI runs them, one mode after the other):", "", "| IPC | mode | BO share of sampling time | s/image | BO evaluations per batch | "
-                      "(beta*, gamma*) chosen | mean f on final images |", "|---|---|---|---|---|---|---|"]
+                      "the classes as the CLI runs them, one mode after the other):", "",
+                  "| IPC | mode | BO share of sampling time | s/image | BO evaluations per batch | "
+                  "(beta*, gamma*) chosen | mean f on final images |", "|---|---|---|---|---|---|---|"]
     for ipc, modes in result["ipc"].items():
         for m, r in modes.items():
             points = sorted({(b["beta"], b["gamma"]) for b in r["batches"]})

@@ -396,8 +396,8 @@ def test_processes_are_dealt_whole_units_of_classes(tiny_backend, tiny_teacher):
     assert four.assigned(Shard(0, 2)) == ["0", "5", "6", "7", "8"]
     assert four.assigned(Shard(1, 2)) == ["1", "2", "3", "4", "9"]
     left = Progress(classes={"0", "2", "9"})
-    assert four.assigned(Shard(0, 2), left) == ["1", "3", "4"] and four.assigned(Shard(1, 2), left) == ["5", "6", "7",
-                                                                                                         "8"]
+    assert four.assigned(Shard(0, 2), left) == ["1", "3", "4"]
+    assert four.assigned(Shard(1, 2), left) == ["5", "6", "7", "8"]
     assert dist(1).assigned(Shard(1, 3)) == ["1", "4", "7"]
 
 
