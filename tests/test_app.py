@@ -272,7 +272,7 @@ def test_settings_carry_the_bo_cost_options_and_the_mode_presets_them(client):
     import gradio as gr
 
     from adaptive_dd import app_handlers as S
-    from adaptive_dd.config import BO_MODES, DistillConfig
+    from adaptive_dd.config import BO_MODES, CPU_CLASS_GROUP, DistillConfig
 
     chosen = {"bo_mode": "fast", "bo_scope": "class", "proxy_seeds": 2, "warm_budget": 1, "early_stop": True,
               "freeze_after": 5, "q": 2, "proxy_steps": 3, "design_q": 3, "kernel_scope": "class",
@@ -287,6 +287,7 @@ def test_settings_carry_the_bo_cost_options_and_the_mode_presets_them(client):
                if k != "proxy_stride")
     updates = S.on_bo_mode("paper")
     assert [u["value"] for u in updates] == [1, 0, "batch", "batch", "top", 0, 0, False, 0, 1, 0]
-    assert S.Settings(**{**SETTINGS, **S.mode_settings("fast")}).config("uci-digits", None, 4, 4).bo.class_group == 4
+    fast = S.Settings(**{**SETTINGS, **S.mode_settings("fast")}).config("uci-digits", None, 4, 4)
+    assert fast.bo.class_group == (CPU_CLASS_GROUP if S.models().device.startswith("cpu") else 1)  # by the device
     with pytest.raises(gr.Error, match="proxy seeds must be >= 0"):
         S.Settings(**{**SETTINGS, "proxy_seeds": -1}).config("uci-digits", ["3"], 4, 4)
