@@ -102,6 +102,9 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
                                     label="proxy seeds (0: all seeds of the batch)")
             warm_budget = gr.Number(d.warm_budget, precision=0, minimum=0,
                                     label="warm budget (evaluations when the GP starts from a prior; 0: the budget)")
+            first_warm_budget = gr.Number(d.first_warm_budget, precision=0, minimum=0,
+                                          label="first warm budget (the same for a class's first mini-batch in an "
+                                                "export, warm from the pilot class alone; 0: the warm budget)")
         with gr.Row():
             early_stop = gr.Checkbox(d.early_stop, label="early stopping (no unevaluated UCB beats the best)")
             freeze_after = gr.Number(d.freeze_after, precision=0, minimum=0,
@@ -119,14 +122,14 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
                                           "an export; 0: 4 on a CPU, 1 on a GPU)")
             seed = gr.Number(d.seed, precision=0, label="seed")
     bo_mode.change(S.on_bo_mode, bo_mode,
-                   [q, design_q, bo_scope, kernel_scope, warm_design, proxy_seeds, warm_budget, early_stop,
-                    freeze_after, class_group, proxy_steps],
+                   [q, design_q, bo_scope, kernel_scope, warm_design, proxy_seeds, warm_budget, first_warm_budget,
+                    early_stop, freeze_after, class_group, proxy_steps],
                    api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
             "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
-            "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "early_stop": early_stop,
-            "freeze_after": freeze_after, "design_q": design_q, "kernel_scope": kernel_scope,
-            "warm_design": warm_design, "class_group": class_group}
+            "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "first_warm_budget": first_warm_budget,
+            "early_stop": early_stop, "freeze_after": freeze_after, "design_q": design_q,
+            "kernel_scope": kernel_scope, "warm_design": warm_design, "class_group": class_group}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

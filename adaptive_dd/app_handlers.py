@@ -190,6 +190,7 @@ class Settings:
     bo_scope: str
     proxy_seeds: int
     warm_budget: int
+    first_warm_budget: int
     early_stop: bool
     freeze_after: int
     design_q: int
@@ -215,7 +216,7 @@ class Settings:
                             budget=int(self.budget), kappa=float(self.kappa), q=int(self.q), objective=self.objective,
                             novelty_weight=float(self.novelty_weight), mode=self.bo_mode, scope=self.bo_scope,
                             proxy_seeds=int(self.proxy_seeds), warm_budget=int(self.warm_budget),
-                            early_stop=bool(self.early_stop),
+                            first_warm_budget=int(self.first_warm_budget), early_stop=bool(self.early_stop),
                             freeze_after=int(self.freeze_after), design_q=int(self.design_q),
                             kernel_scope=self.kernel_scope, warm_design=self.warm_design,
                             class_group=int(self.class_group))).validate()
@@ -245,8 +246,8 @@ def mode_settings(mode: str) -> dict[str, Any]:
     """The Settings fields a BO mode presets (proxy_steps 0: the mode's own count)."""
     preset = BO_MODES[mode]
     return {"q": preset["q"], "bo_mode": mode, "bo_scope": preset["scope"], "proxy_seeds": preset["proxy_seeds"],
-            "warm_budget": preset["warm_budget"], "early_stop": preset["early_stop"],
-            "freeze_after": preset["freeze_after"], "design_q": preset["design_q"],
+            "warm_budget": preset["warm_budget"], "first_warm_budget": preset["first_warm_budget"],
+            "early_stop": preset["early_stop"], "freeze_after": preset["freeze_after"], "design_q": preset["design_q"],
             "kernel_scope": preset["kernel_scope"], "warm_design": preset["warm_design"],
             "class_group": preset["class_group"]}
 
@@ -255,8 +256,8 @@ def on_bo_mode(mode: str):
     """Choosing a BO mode sets the controls it presets; each can still be changed after."""
     s = mode_settings(mode)
     return (*(gr.update(value=s[k]) for k in ("q", "design_q", "bo_scope", "kernel_scope", "warm_design",
-                                              "proxy_seeds", "warm_budget", "early_stop", "freeze_after",
-                                              "class_group")),
+                                              "proxy_seeds", "warm_budget", "first_warm_budget", "early_stop",
+                                              "freeze_after", "class_group")),
             gr.update(value=0))
 
 

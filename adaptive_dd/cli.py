@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the mode's)")
     d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "
                    "observations (see --bo-scope); 0: --budget (default: the mode's)")
+    d.add_argument("--first-warm-budget", type=int, help="the same for a class's first mini-batch, whose GP starts "
+                   "from the pilot's observations alone (--bo-scope run); 0: --warm-budget (default: the mode's)")
     d.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
                    help="end BO once no unevaluated point's UCB beats the best observed (default: the mode's)")
     d.add_argument("--freeze-after", type=int, help="fix the GP kernel's hyper-parameters at its first fit to at "
@@ -166,9 +168,9 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
                     gammas=parse_floats(a.gammas, "--gammas"), budget=a.budget, kappa=a.kappa, q=a.q,
                     n_initial=a.n_initial, objective=a.objective, temperature=a.temperature,
                     novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
-                    warm_budget=a.warm_budget, early_stop=a.early_stop, freeze_after=a.freeze_after,
-                    design_q=a.design_q, kernel_scope=a.kernel_scope, warm_design=a.warm_design,
-                    class_group=a.class_group),
+                    warm_budget=a.warm_budget, first_warm_budget=a.first_warm_budget, early_stop=a.early_stop,
+                    freeze_after=a.freeze_after, design_q=a.design_q, kernel_scope=a.kernel_scope,
+                    warm_design=a.warm_design, class_group=a.class_group),
     )
 
 

@@ -336,8 +336,9 @@ class Distiller:
                 kernel_prior: Sequence[tuple[float, float, float]] = ()) -> _Batch:
         """A mini-batch ready for its search: seeds encoded and seen by the teacher once (for its proxies and its
         final pass), the GP built on prior (the scope's earlier observations), its kernel learned on kernel_prior
-        when given (the class's first prior, under kernel_scope "class"), and the budget set: bo.warm_budget
-        evaluations with a prior (0: bo.budget), none on a one-point grid (nothing to choose)."""
+        when given (the class's first prior, under kernel_scope "class"), and the budget set: with a prior,
+        bo.first_warm_budget evaluations for a class's first mini-batch and bo.warm_budget for its later ones (0:
+        bo.warm_budget, then bo.budget), none on a one-point grid (nothing to choose)."""
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
         slots = list(range(len(seed_images))) if slots is None else slots
@@ -350,7 +351,8 @@ class Distiller:
                     freeze_after=cfg.bo.freeze_after, kernel_prior=kernel_prior,
                     warm_design=self.warm_design(batch_index))
         grid_size = len(self.betas) * len(cfg.bo.gammas)
-        budget = cfg.bo.warm_budget if bo.prior and cfg.bo.warm_budget else cfg.bo.budget
+        warm = cfg.bo.first_warm_budget if batch_index == 0 and cfg.bo.first_warm_budget else cfg.bo.warm_budget
+        budget = warm if bo.prior and warm else cfg.bo.budget
         budget = 0 if grid_size == 1 else min(budget, grid_size)
         return _Batch(class_name, c, batch_index, seed_images, list(seed_ids), slots,
                       self.noise_seeds(class_name, slots), latents, view, bo, budget, t1 - t0,

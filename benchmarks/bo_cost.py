@@ -15,7 +15,8 @@ alternated, the ratio of their medians. Writes benchmarks/results/bo_cost.json a
 
 --validate MODES: also distil all 10 classes at each --val-ipcs (default 10) in each of those modes and score students
 (both architectures, --val-seeds) on uci-digits' val split (never the test split): what the fast mode's settings were
-chosen by. "fixed_1.5_0.3" is no search at all, fixed_best's uci-digits point, for scale.
+chosen by. The "fixed_" modes are no search at all, one grid point for every class (fixed_1.5_0.3 is fixed_best's
+uci-digits point), for scale: how much the choice of beta alone moves the students.
 """
 from __future__ import annotations
 
@@ -64,8 +65,17 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fast_warm_top": ("default with every warm batch on the prior's two best points", {"warm_design": "top"}, None),
     "fast_warm_ucb": ("default with every warm batch on the prior's best and GP-UCB's pick", {"warm_design": "ucb"},
                       None),
+    "fast_warm_4_q_4": ("default with the prior's 4 best points in one call when warm (q 4)",
+                        {"warm_budget": 4, "q": 4}, None),
+    "fast_first_warm_2": ("default with the prior's 2 best points on a class's first mini-batch (the default "
+                          "before)", {"first_warm_budget": 2}, None),
+    "fast_first_warm_4": ("default with the prior's 4 best points in one call on a class's first mini-batch",
+                          {"first_warm_budget": 4}, None),
     "fixed_1.5_0.3": ("no search: fixed (1.5, 0.3), fixed_best's uci-digits point", {"betas": (1.5,),
                                                                                      "gammas": (0.3,)}, None),
+    "fixed_2_0.3": ("no search: fixed (2, 0.3)", {"betas": (2.0,), "gammas": (0.3,)}, None),
+    "fixed_4_0.3": ("no search: fixed (4, 0.3), the fast mode's usual pick", {"betas": (4.0,), "gammas": (0.3,)},
+                    None),
 }
 SIDE_BY_SIDE = [m for m in MODES if not m.startswith(("fast_", "fixed_"))]  # fast variants, fixed points: --validate
 

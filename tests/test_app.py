@@ -15,7 +15,7 @@ BUDGET = 3
 SETTINGS = {"betas": "0, 1, 2", "gammas": "0.5, 0.7, 1.0", "budget": BUDGET, "steps": 6, "lam": 1.0,
             "auto_bandwidth": True, "bandwidth": 1.0, "q": 1, "kappa": 2.0, "objective": "kl",
             "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7, "bo_mode": "paper", "bo_scope": "batch",
-            "proxy_seeds": 0, "warm_budget": 0, "early_stop": False, "freeze_after": 0,
+            "proxy_seeds": 0, "warm_budget": 0, "first_warm_budget": 0, "early_stop": False, "freeze_after": 0,
             "design_q": 0, "kernel_scope": "batch", "warm_design": "top",
             "class_group": 1}
 
@@ -274,19 +274,20 @@ def test_settings_carry_the_bo_cost_options_and_the_mode_presets_them(client):
     from adaptive_dd import app_handlers as S
     from adaptive_dd.config import BO_MODES, CPU_CLASS_GROUP, DistillConfig
 
-    chosen = {"bo_mode": "fast", "bo_scope": "class", "proxy_seeds": 2, "warm_budget": 1, "early_stop": True,
-              "freeze_after": 5, "q": 2, "proxy_steps": 3, "design_q": 3, "kernel_scope": "class",
+    chosen = {"bo_mode": "fast", "bo_scope": "class", "proxy_seeds": 2, "warm_budget": 1, "first_warm_budget": 3,
+              "early_stop": True, "freeze_after": 5, "q": 2, "proxy_steps": 3, "design_q": 3, "kernel_scope": "class",
               "warm_design": "ucb", "class_group": 3}
     cfg = S.Settings(**{**SETTINGS, **chosen}).config("uci-digits", ["3"], 4, 4)
-    assert (cfg.bo.mode, cfg.bo.scope, cfg.bo.proxy_seeds, cfg.bo.warm_budget, cfg.bo.early_stop,
-            cfg.bo.freeze_after, cfg.bo.q, cfg.sampler.proxy_steps, cfg.bo.design_q, cfg.bo.kernel_scope,
-            cfg.bo.warm_design, cfg.bo.class_group) == ("fast", "class", 2, 1, True, 5, 2, 3, 3, "class", "ucb", 3)
+    assert (cfg.bo.mode, cfg.bo.scope, cfg.bo.proxy_seeds, cfg.bo.warm_budget, cfg.bo.first_warm_budget,
+            cfg.bo.early_stop, cfg.bo.freeze_after, cfg.bo.q, cfg.sampler.proxy_steps, cfg.bo.design_q,
+            cfg.bo.kernel_scope, cfg.bo.warm_design, cfg.bo.class_group) == \
+        ("fast", "class", 2, 1, 3, True, 5, 2, 3, 3, "class", "ucb", 3)
     d = S.default_settings()
     assert d.bo_mode == DistillConfig().bo.mode
     assert all(getattr(d, {"scope": "bo_scope"}.get(k, k)) == v for k, v in BO_MODES[d.bo_mode].items()
                if k != "proxy_stride")
     updates = S.on_bo_mode("paper")
-    assert [u["value"] for u in updates] == [1, 0, "batch", "batch", "top", 0, 0, False, 0, 1, 0]
+    assert [u["value"] for u in updates] == [1, 0, "batch", "batch", "top", 0, 0, 0, False, 0, 1, 0]
     fast = S.Settings(**{**SETTINGS, **S.mode_settings("fast")}).config("uci-digits", None, 4, 4)
     assert fast.bo.class_group == (CPU_CLASS_GROUP if S.models().device.startswith("cpu") else 1)  # by the device
     with pytest.raises(gr.Error, match="proxy seeds must be >= 0"):

@@ -64,6 +64,8 @@ def _fail(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> str
     (["--novelty-weight", "-1", "--objective", "kl_novelty"], "novelty weight must be >= 0, got -1.0"),
     (["--proxy-seeds", "-1"], "proxy seeds must be >= 0 (0: all seeds of the batch), got -1"),
     (["--warm-budget", "-2"], "warm budget (evaluations of a warm-started batch) must be >= 0"),
+    (["--first-warm-budget", "-1"], "first warm budget (evaluations of a class's first mini-batch when warm-started) "
+                                    "must be >= 0"),
     (["--freeze-after", "-1"], "freeze_after (points the GP is fitted to before its kernel is fixed) must be >= 0"),
     (["--q", "0"], "q must be >= 1, got 0"),
     (["--design-q", "-1"], "design q (candidates per round of the initial design) must be >= 0 (0: q), got -1"),
@@ -178,21 +180,24 @@ def test_bo_cost_flags_reach_the_manifest(tiny_model: str, tmp_path: Path, capsy
     """Every BO cost option is recorded; a preset fills only what the command line leaves unset."""
     out = tmp_path / "out"
     code = main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(out), *TINY_RUN, "--bo-mode",
-                 "paper", "--bo-scope", "class", "--proxy-seeds", "1", "--warm-budget", "1", "--early-stop",
+                 "paper", "--bo-scope", "class", "--proxy-seeds", "1", "--warm-budget", "1", "--first-warm-budget", "3",
+                 "--early-stop",
                  "--freeze-after", "3", "--q", "2", "--proxy-steps", "2", "--design-q", "3", "--kernel-scope",
                  "class", "--warm-design", "ucb", "--class-group", "2"])
     assert code == 0, capsys.readouterr().err
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "% of sampling time" in summary and "BO mode paper, scope class" in summary
     config = json.loads((out / "manifest.json").read_text())["config"]
-    assert {k: config["bo"][k] for k in ("mode", "scope", "proxy_seeds", "warm_budget", "early_stop",
-                                         "freeze_after", "q", "design_q", "kernel_scope", "warm_design",
-                                         "class_group")} == \
-        {"mode": "paper", "scope": "class", "proxy_seeds": 1, "warm_budget": 1, "early_stop": True,
-         "freeze_after": 3, "q": 2, "design_q": 3, "kernel_scope": "class", "warm_design": "ucb", "class_group": 2}
+    assert {k: config["bo"][k] for k in ("mode", "scope", "proxy_seeds", "warm_budget", "first_warm_budget",
+                                         "early_stop", "freeze_after", "q", "design_q", "kernel_scope",
+                                         "warm_design", "class_group")} == \
+        {"mode": "paper", "scope": "class", "proxy_seeds": 1, "warm_budget": 1, "first_warm_budget": 3,
+         "early_stop": True, "freeze_after": 3, "q": 2, "design_q": 3, "kernel_scope": "class", "warm_design": "ucb",
+         "class_group": 2}
     assert config["sampler"]["proxy_steps"] == 2
     history = [len(b["history"]) for b in json.loads((out / "manifest.json").read_text())["batches"]]
-    assert history == [2, 1]  # the second batch starts from the first's observations: its warm budget of 1
+    assert history == [2, 1]  # the second batch starts from the first's observations: its warm budget of 1 (the
+    # first warm budget is a class's first batch's, which the class scope searches cold)
     fast = tmp_path / "fast"
     assert main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(fast), *TINY_RUN]) == 0
     config = json.loads((fast / "manifest.json").read_text())["config"]

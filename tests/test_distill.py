@@ -161,6 +161,7 @@ def test_the_fast_mode_groups_classes_on_a_cpu_only():
     (dict(bo=BOConfig(design_q=-2)), "design q .* must be >= 0"),
     (dict(bo=BOConfig(proxy_seeds=-1)), "proxy seeds must be >= 0"),
     (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
+    (dict(bo=BOConfig(first_warm_budget=-1)), "first warm budget .* must be >= 0"),
     (dict(bo=BOConfig(freeze_after=-1)), "freeze_after"),
     (dict(bo=BOConfig(q=0)), "q must be >= 1"),
     (dict(bo=BOConfig(class_group=-1)), "class group .* must be >= 0"),
@@ -433,25 +434,47 @@ def test_a_cold_search_runs_its_whole_design_in_one_sampler_call(tiny_backend, t
 def test_top_then_ucb_explores_once_a_class_has_batches_of_its_own_in_one_sampler_call(tiny_backend, tiny_teacher):
     """The fast mode's warm design: a class's first warm mini-batch evaluates the prior's two best points; a later
     one the prior's best and GP-UCB's pick. Either is one round of q = 2, so one sampler call."""
-    from adaptive_dd.bo import GridBO
-
     cfg = _config(classes=["0", "1"], ipc=6, m_seed=3, bo=BOConfig(
-        betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, mode="fast", proxy_seeds=2, early_stop=False))
+        betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, mode="fast", proxy_seeds=2, early_stop=False,
+        first_warm_budget=0))
     assert cfg.validate().bo.warm_design == "top_then_ucb"
-    steps = [e for e in Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run() if isinstance(e, BOStep)]
-    rounds = {}
-    for s in steps:
-        rounds.setdefault((s.class_name, s.batch_index), []).append([o.index for o in s.candidates])
+    steps, rounds = _warm_rounds(cfg, tiny_backend, tiny_teacher)
     assert [len(r) for r in rounds[("0", 0)]] == [4] and rounds[("1", 1)] == [rounds[("1", 1)][0]]
-
-    def ranked(*keys):
-        prior = [(o.beta, o.gamma, o.f) for s in steps if (s.class_name, s.batch_index) in keys for o in s.candidates]
-        mean = GridBO(cfg.bo.betas, cfg.bo.gammas, prior=prior, freeze_after=4).posterior().mean
-        return [np.unravel_index(k, mean.shape) for k in np.argsort(-mean, axis=None, kind="stable")]
-
     pilot_later, = rounds[("0", 1)]  # its prior: the pilot's first batch
-    order = ranked(("0", 0))
+    order = _prior_ranking(cfg, steps, ("0", 0))
     assert pilot_later[0] == order[0] and pilot_later[1] != order[1]
     first, = rounds[("1", 0)]  # its prior: the pilot's batches
-    order = ranked(("0", 0), ("0", 1))
-    assert first == [order[0], order[1]]
+    assert first == _prior_ranking(cfg, steps, ("0", 0), ("0", 1))[:2]
+
+
+def test_a_class_first_warm_batch_tries_first_warm_budget_of_the_prior_best_points_in_one_round(tiny_backend,
+                                                                                                  tiny_teacher):
+    """first_warm_budget: a class's first mini-batch, warm from the pilot's observations alone, evaluates that many
+    of the prior's best points, all in one round (they are its design); its later mini-batches, and the pilot's, keep
+    warm_budget, and the pilot's first, searched cold, the budget."""
+    cfg = _config(classes=["0", "1"], ipc=6, m_seed=3, bo=BOConfig(
+        betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, mode="fast", proxy_seeds=2, early_stop=False,
+        warm_budget=2, first_warm_budget=3))
+    steps, rounds = _warm_rounds(cfg, tiny_backend, tiny_teacher)
+    assert {k: [len(r) for r in v] for k, v in rounds.items()} == {("0", 0): [4], ("0", 1): [2], ("1", 0): [3],
+                                                                   ("1", 1): [2]}
+    first, = rounds[("1", 0)]
+    assert first == _prior_ranking(cfg, steps, ("0", 0), ("0", 1))[:3]
+
+
+def _warm_rounds(cfg: DistillConfig, backend, teacher) -> tuple[list[BOStep], dict[tuple[str, int], list]]:
+    """A run's BO steps, and per (class, mini-batch) the grid indices of each round's candidates."""
+    steps = [e for e in Distiller(cfg, backend=backend, teacher=teacher).run() if isinstance(e, BOStep)]
+    rounds: dict[tuple[str, int], list] = {}
+    for s in steps:
+        rounds.setdefault((s.class_name, s.batch_index), []).append([o.index for o in s.candidates])
+    return steps, rounds
+
+
+def _prior_ranking(cfg: DistillConfig, steps: list[BOStep], *keys: tuple[str, int]) -> list[tuple[int, int]]:
+    """Grid indices, best first, by the posterior mean of a GP on the observations of those mini-batches."""
+    from adaptive_dd.bo import GridBO
+
+    prior = [(o.beta, o.gamma, o.f) for s in steps if (s.class_name, s.batch_index) in keys for o in s.candidates]
+    mean = GridBO(cfg.bo.betas, cfg.bo.gammas, prior=prior, freeze_after=4).posterior().mean
+    return [np.unravel_index(k, mean.shape) for k in np.argsort(-mean, axis=None, kind="stable")]
