@@ -181,9 +181,8 @@ def test_bo_cost_flags_reach_the_manifest(tiny_model: str, tmp_path: Path, capsy
     out = tmp_path / "out"
     code = main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(out), *TINY_RUN, "--bo-mode",
                  "paper", "--bo-scope", "class", "--proxy-seeds", "1", "--warm-budget", "1", "--first-warm-budget", "3",
-                 "--early-stop",
-                 "--freeze-after", "3", "--q", "2", "--proxy-steps", "2", "--design-q", "3", "--kernel-scope",
-                 "class", "--warm-design", "ucb", "--class-group", "2"])
+                 "--early-stop", "--freeze-after", "3", "--q", "2", "--proxy-steps", "2", "--design-q", "3",
+                 "--kernel-scope", "class", "--warm-design", "ucb", "--class-group", "2"])
     assert code == 0, capsys.readouterr().err
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "% of sampling time" in summary and "BO mode paper, scope class" in summary

@@ -432,8 +432,9 @@ def test_a_cold_search_runs_its_whole_design_in_one_sampler_call(tiny_backend, t
 
 
 def test_top_then_ucb_explores_once_a_class_has_batches_of_its_own_in_one_sampler_call(tiny_backend, tiny_teacher):
-    """The fast mode's warm design: a class's first warm mini-batch evaluates the prior's two best points; a later
-    one the prior's best and GP-UCB's pick. Either is one round of q = 2, so one sampler call."""
+    """The fast mode's warm design: a class's first warm mini-batch evaluates the prior's two best points (with
+    first_warm_budget 0, its warm budget of 2); a later one the prior's best and GP-UCB's pick. Either is one round of
+    q = 2, so one sampler call."""
     cfg = _config(classes=["0", "1"], ipc=6, m_seed=3, bo=BOConfig(
         betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, mode="fast", proxy_seeds=2, early_stop=False,
         first_warm_budget=0))
