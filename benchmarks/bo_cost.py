@@ -74,8 +74,8 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fixed_1.5_0.3": ("no search: fixed (1.5, 0.3), fixed_best's uci-digits point", {"betas": (1.5,),
                                                                                      "gammas": (0.3,)}, None),
     "fixed_2_0.3": ("no search: fixed (2, 0.3)", {"betas": (2.0,), "gammas": (0.3,)}, None),
-    "fixed_4_0.3": ("no search: fixed (4, 0.3), the fast mode's usual pick", {"betas": (4.0,), "gammas": (0.3,)},
-                    None),
+    "fixed_4_0.3": ("no search: fixed (4, 0.3), the usual pick of the fast mode with two points on a class's first "
+                    "mini-batch", {"betas": (4.0,), "gammas": (0.3,)}, None),
 }
 SIDE_BY_SIDE = [m for m in MODES if not m.startswith(("fast_", "fixed_"))]  # fast variants, fixed points: --validate
 
