@@ -71,6 +71,14 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
                           "before)", {"first_warm_budget": 2}, None),
     "fast_first_warm_4": ("default with the prior's 4 best points in one call on a class's first mini-batch",
                           {"first_warm_budget": 4}, None),
+    "fast_budget_6": ("default with 6 evaluations in a cold search (the pilot class's)", {"budget": 6}, None),
+    "fast_first_warm_4_budget_6": ("default with the prior's 4 best points on a class's first mini-batch and 6 "
+                                   "evaluations in a cold search", {"first_warm_budget": 4, "budget": 6}, None),
+    "fast_warm_3": ("default with 3 evaluations on a class's later mini-batches (2 in the ridden round, then 1)",
+                    {"warm_budget": 3}, None),
+    "fast_first_warm_4_budget_6_warm_3": ("default with 4 points on a class's first mini-batch, 6 in a cold search "
+                                          "and 3 on later mini-batches",
+                                          {"first_warm_budget": 4, "budget": 6, "warm_budget": 3}, None),
     "fixed_1.5_0.3": ("no search: fixed (1.5, 0.3), fixed_best's uci-digits point", {"betas": (1.5,),
                                                                                      "gammas": (0.3,)}, None),
     "fixed_2_0.3": ("no search: fixed (2, 0.3)", {"betas": (2.0,), "gammas": (0.3,)}, None),
