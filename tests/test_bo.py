@@ -155,8 +155,10 @@ def test_a_prior_from_earlier_batches_finds_the_optimum_in_fewer_evaluations():
 
 def test_prior_points_are_not_this_batchs_evaluations_and_a_batch_never_repeats_a_point():
     bo = GridBO([1.0, 2.0], [0.5, 0.7, 0.9], n_initial=2, seed=0,
-                prior=[(2.0, 0.9, -0.1), (2.0, 0.9, -0.3), (1.0, 0.5, -2.0), (9.0, 0.5, 0.0)])
-    assert bo.prior_points == [(1.0, 0.5, -2.0), (2.0, 0.9, pytest.approx(-0.2))]  # averaged; off-grid dropped
+                prior=[(2.0, 0.9, -0.1), (2.0, 0.9, -0.3), (1.0, 0.5, -2.0), (9.0, 0.5, 0.0), (2.0, 0.6, 0.0),
+                       (1.0, 0.7, float("nan")), (1.0 + 1e-12, 0.7, -0.5)])
+    # averaged; off the grid on either axis or not finite: dropped; within 1e-9 of a grid value: on it
+    assert bo.prior_points == [(1.0, 0.5, -2.0), (1.0, 0.7, -0.5), (2.0, 0.9, pytest.approx(-0.2))]
     assert bo.observations == [] and bo.remaining == 6 and bo.best is None
     first = bo.ask(2)
     assert first[0] == (1, 2)  # the design starts at the prior's best point, which these seeds must still score
@@ -218,12 +220,32 @@ def test_a_frozen_kernel_gives_the_posterior_of_a_fresh_fit_with_that_kernel():
     x = bo.coords[[bo._flat(o.index) for o in bo.observations]]
     fresh = GaussianProcessRegressor(kernel=bo.kernel, normalize_y=True, optimizer=None)
     fresh.fit(x, warp([o.f for o in bo.observations], "neglog"))
-    for a, b in zip(bo._gp().predict(bo.coords, return_std=True), fresh.predict(bo.coords, return_std=True)):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(bo._gp().predict(bo.coords), fresh.predict(bo.coords, return_std=True)):
+        np.testing.assert_array_equal(a, b)  # the lean solve keeps skopt's arithmetic: the same floats
     learned = GridBO(RIDGE_BETAS, RIDGE_GAMMAS, seed=2, warp="neglog")
     for o in bo.observations:
         learned.tell([o.index], [o.f])
     assert learned.kernel is None and learned._gp().kernel_.get_params() != bo.kernel.get_params()
+
+
+def test_the_lean_gp_solve_is_skopts_to_the_bit_also_on_a_flat_target():
+    """FixedGP replaces skopt's fit once the kernel is fixed: same mean and std, bit for bit, on a learned kernel
+    and on a target with no variance (which skopt's normalisation leaves unscaled)."""
+    from skopt.learning import GaussianProcessRegressor
+
+    from adaptive_dd.bo import FixedGP
+
+    rng = np.random.default_rng(0)
+    x, grid = rng.random((9, 2)), rng.random((30, 2))
+    learned = GridBO(BETAS, GAMMAS, seed=1, prior=[(BETAS[i], GAMMAS[j], ridge(BETAS[i], GAMMAS[j]))
+                                                   for i, j in ((0, 0), (2, 3), (4, 1), (5, 5))], freeze_after=4).kernel
+    for y in (rng.normal(size=9), np.full(9, -0.7)):
+        fresh = GaussianProcessRegressor(kernel=learned, normalize_y=True, optimizer=None).fit(x, y)
+        lean = FixedGP.solve(learned, x, y)
+        for a, b in zip(lean.predict(grid), fresh.predict(grid, return_std=True)):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(FixedGP.of(fresh).predict(grid), lean.predict(grid)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_a_prior_is_fitted_once_and_a_cached_fit_equals_a_fresh_one(monkeypatch):
@@ -250,28 +272,32 @@ def test_a_prior_is_fitted_once_and_a_cached_fit_equals_a_fresh_one(monkeypatch)
 
 
 def test_gp_algebra_runs_on_one_blas_thread(monkeypatch):
-    """OpenBLAS workers spin after each call and take the cores from the next UNet call: fits and predictions
-    hold the BLAS pools at one thread, and give them back afterwards."""
+    """OpenBLAS workers spin after each call and take the cores from the next UNet call: fits (learned and with a
+    fixed kernel) and predictions hold the BLAS pools at one thread, and give them back afterwards."""
     from skopt.learning import GaussianProcessRegressor
     from threadpoolctl import threadpool_info, threadpool_limits
+
+    from adaptive_dd.bo import FixedGP
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    seen = []
-    real_fit, real_predict = GaussianProcessRegressor.fit, GaussianProcessRegressor.predict
+    seen: dict[str, list] = {"learn": [], "solve": [], "predict": []}
+    real_fit, real_solve, real_predict = GaussianProcessRegressor.fit, FixedGP.solve.__func__, FixedGP.predict
     monkeypatch.setattr(GaussianProcessRegressor, "fit",
-                        lambda self, *a, **k: seen.append(blas_threads()) or real_fit(self, *a, **k))
-    monkeypatch.setattr(GaussianProcessRegressor, "predict",
-                        lambda self, *a, **k: seen.append(blas_threads()) or real_predict(self, *a, **k))
+                        lambda self, *a, **k: seen["learn"].append(blas_threads()) or real_fit(self, *a, **k))
+    monkeypatch.setattr(FixedGP, "solve",
+                        classmethod(lambda cls, *a: seen["solve"].append(blas_threads()) or real_solve(cls, *a)))
+    monkeypatch.setattr(FixedGP, "predict",
+                        lambda self, *a: seen["predict"].append(blas_threads()) or real_predict(self, *a))
     with threadpool_limits(limits=2, user_api="blas"):  # as on a multi-core machine, whatever this one has
         before = blas_threads()
-        bo = GridBO(BETAS, GAMMAS, n_initial=2, seed=0)
+        bo = GridBO(BETAS, GAMMAS, n_initial=2, seed=0, freeze_after=4)
         for _ in range(3):
             points = bo.ask(2)
             bo.tell(points, [ridge(BETAS[i], GAMMAS[j]) for i, j in points])
         bo.posterior()
-        assert seen and all(s == {1} for s in seen), seen
+        assert all(v and all(s == {1} for s in v) for v in seen.values()), seen
         assert blas_threads() == before == {2}
 
 
@@ -304,7 +330,7 @@ def test_a_kernel_prior_fixes_from_the_start_the_kernel_learned_on_it(monkeypatc
         points = bo.ask(2)
         bo.tell(points, [bump(BETAS[i], GAMMAS[j]) for i, j in points])
     posterior = bo.posterior()
-    assert optimised and not any(optimised) and np.array_equal(bo.kernel.theta, learned.theta)
+    assert not any(optimised) and np.array_equal(bo.kernel.theta, learned.theta)
     mine = {bo._flat(o.index): o.f for o in bo.observations}
     prior = bo.prior
     flat = list(mine) + [k for k in prior if k not in mine]
