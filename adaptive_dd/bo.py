@@ -82,7 +82,7 @@ def _one_blas_thread():
     return _blas().limit(limits=1, user_api="blas")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FixedGP:
     """A GP posterior under given kernel hyper-parameters, in the arithmetic of skopt's GaussianProcessRegressor
     (normalize_y, jitter alpha = 1e-10, the variance through the precomputed inverse): the same floats.
