@@ -95,7 +95,6 @@ class FixedGP:
 
     kernel_: Kernel
     x: np.ndarray
-    cho: np.ndarray
     alpha: np.ndarray
     k_inv: np.ndarray
     y_mean: float
@@ -111,12 +110,12 @@ class FixedGP:
         cho = cholesky(k, lower=True, check_finite=False)
         alpha = cho_solve((cho, True), (y - y_mean) / y_std, check_finite=False)
         cho_inv = solve_triangular(cho.T, np.eye(len(cho)))
-        return cls(kernel, x, cho, alpha, cho_inv.dot(cho_inv.T), y_mean, y_std)
+        return cls(kernel, x, alpha, cho_inv.dot(cho_inv.T), y_mean, y_std)
 
     @classmethod
     def of(cls, gp: GaussianProcessRegressor) -> "FixedGP":
         """The posterior of a fitted skopt GP (one that learned its kernel)."""
-        return cls(gp.kernel_, gp.X_train_, gp.L_, gp.alpha_, gp.K_inv_, gp.y_train_mean_, gp.y_train_std_)
+        return cls(gp.kernel_, gp.X_train_, gp.alpha_, gp.K_inv_, gp.y_train_mean_, gp.y_train_std_)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation at x (a variance rounded below 0 counts as 0)."""
