@@ -26,6 +26,12 @@ BUNDLED_BACKBONE = ASSETS / "backbone-mnist-5k"
 SD_BETAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
 SD_LAMBDA = 2000.0
 SD_LATENT_NUMEL = 4 * 64 * 64
+# Stable Diffusion's memory settings, chosen by benchmarks/gpu_cost.py (SD-1.5 shapes, fp16, 512 px; README, "GPU
+# memory"): a UNet call holds ~68 MB per row at 64 x 64 latents, 40% of it the feed-forward of the 4,096-token
+# transformer blocks, which run in chunks of SD_FF_TOKENS tokens; a call takes at most SD_DENOISER_ROWS rows (a
+# 10-seed mini-batch with CFG in one call).
+SD_FF_TOKENS = 1024
+SD_DENOISER_ROWS = 20
 DIT_BETAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)
 # Schedulers whose step draws noise from one batch-wide generator, which would tie a sample to its batch.
 STOCHASTIC_SCHEDULERS = {"DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
@@ -37,7 +43,8 @@ class Backend(ABC):
 
     Attributes: classes (names it can condition on; None = any name, as a text prompt), image_size and
     channels of its images, default_betas (its usable CFG range), default_lambda (repulsion weight whose
-    effect is visible at its latent size), scheduler_config, device and dtype.
+    effect is visible at its latent size), scheduler_config, device, dtype and denoiser_rows (the most rows one
+    denoiser call takes, a bound on its activations; None: a step's rows in one call).
     """
 
     classes: list[str] | None
@@ -49,6 +56,8 @@ class Backend(ABC):
     device: torch.device
     dtype: torch.dtype
     description: str
+    denoiser_rows: int | None = None
+
 
     def make_scheduler(self, name: str = "DDIMScheduler", **overrides):
         """A fresh scheduler of class `name` from the backbone's scheduler config (overrides win).
@@ -101,6 +110,17 @@ class Backend(ABC):
     @abstractmethod
     def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """predict_noise in as few calls of at most denoiser_rows rows as there can be (None: one call), of equal
+        sizes, which bounds the activations a step holds: a step's rows are its samples twice over (CFG) plus any
+        proxies riding in it, and a GPU pays a fixed cost per call, so 44 rows go as 15 + 15 + 14, not 20 + 20 + 4."""
+        n = self.denoiser_rows
+        if not n or len(latents) <= n:
+            return self.predict_noise(latents, t, cond)
+        k = -(-len(latents) // n)
+        return torch.cat([self.predict_noise(*c) for c in zip(latents.tensor_split(k), t.tensor_split(k),
+                                                              cond.tensor_split(k))])
 
 
 class VAELatents:
@@ -307,11 +327,32 @@ def load_class_backbone(directory: str | Path, device: str | torch.device = "cpu
     return CLASS_BACKBONES[kind](directory, device)
 
 
+def chunk_feed_forward(unet: torch.nn.Module, tokens: int) -> list[int]:
+    """Run the feed-forward of a UNet2DConditionModel's transformer blocks that see more than `tokens` tokens (a
+    multiple of it) in chunks of `tokens` (diffusers' set_chunk_feed_forward): its GEGLU widens each token 8x, so
+    at 64 x 64 latents it set a UNet call's peak memory. Returns the token counts of the chunked levels."""
+    size, depth = int(unet.config.sample_size), len(unet.down_blocks)
+    levels = [(b, size // 2 ** i) for i, b in enumerate(unet.down_blocks)]
+    levels += [(b, size // 2 ** (depth - 1 - i)) for i, b in enumerate(unet.up_blocks)]
+    chunked = []
+    for block, side in levels:
+        seq = side * side
+        blocks = [m for m in block.modules() if hasattr(m, "set_chunk_feed_forward")]
+        if blocks and seq > tokens and seq % tokens == 0:
+            for m in blocks:
+                m.set_chunk_feed_forward(tokens, dim=1)
+            chunked.append(seq)
+    return chunked
+
+
 class StableDiffusionBackend(VAELatents, Backend):
     """Stable Diffusion v1.x/2.x components (UNet2DConditionModel, AutoencoderKL, CLIP) in latent space.
 
     The class name fills the prompt template; the negative prompt is the null condition. Latents are the
     VAE posterior's mean times its scaling factor (deterministic encoding). fp16 on CUDA, fp32 on CPU.
+    GPU memory: the text encoder stays on the CPU in fp32 (it runs once per prompt, whose embedding is cached, and
+    would hold 0.25 GB of the GPU), the UNet's widest feed-forwards run in chunks of SD_FF_TOKENS tokens, a UNet call
+    takes at most SD_DENOISER_ROWS rows and the VAE one image.
     """
 
     def __init__(self, spec: str, device: str | torch.device = "cpu", prompt: str = "a photo of a {name}",
@@ -327,9 +368,11 @@ class StableDiffusionBackend(VAELatents, Backend):
             raise ModelLoadError(f"Stable Diffusion model {spec!r} does not load: {str(e).splitlines()[0]}") from None
         self.unet = pipe.unet.to(self.device).eval().requires_grad_(False)
         self.vae = pipe.vae.to(self.device).eval().requires_grad_(False)
-        self.text_encoder = pipe.text_encoder.to(self.device).eval().requires_grad_(False)
+        self.text_encoder = pipe.text_encoder.to("cpu", torch.float32).eval().requires_grad_(False)
         self.tokenizer = pipe.tokenizer
         self.vae_chunk = 1
+        self.denoiser_rows = SD_DENOISER_ROWS
+        chunk_feed_forward(self.unet, SD_FF_TOKENS)
         self.scheduler_config = dict(pipe.scheduler.config)
         self.image_size = int(self.unet.config.sample_size) * self.vae_scale
         self.channels = 3
@@ -345,8 +388,8 @@ class StableDiffusionBackend(VAELatents, Backend):
     def _embed(self, text: str) -> torch.Tensor:
         if text not in self._embeds:
             ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
-            self._embeds[text] = self.text_encoder(ids)[0].to(self.dtype)
+                                 truncation=True, return_tensors="pt").input_ids
+            self._embeds[text] = self.text_encoder(ids)[0].to(self.device, self.dtype)
         return self._embeds[text]
 
     def condition(self, names):

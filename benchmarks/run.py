@@ -349,6 +349,9 @@ def write_tables(results: dict, ipcs: list[int], archs: tuple[str, ...], out: Pa
             r = results[s][str(i)].get("repulsion_overhead")
             why = "batch of 1: no pairs" if i == 1 else "a method not run, or other (beta*, gamma*)"
             t5.append(f"| {s} | {i} | {f'n/a ({why})' if r is None else f'{r:.3f}'} |")
+    gpu = out / "gpu_cost.md"  # written by benchmarks/gpu_cost.py on a GPU, kept across CPU runs
+    if gpu.exists():
+        t5 += ["", gpu.read_text().rstrip("\n")]
     tables = {"table2": "\n".join(t2), "table4": "\n".join(t4), "table5": "\n".join(t5)}
     for name, text in tables.items():
         (out / f"{name}.md").write_text(text + "\n")

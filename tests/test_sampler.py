@@ -204,6 +204,21 @@ def test_distiller_proxy_runs_the_modes_share_of_the_unet_calls_of_the_final_pas
     assert (n_proxy, len(calls) - n_proxy) == (proxy_calls, 14)
 
 
+def test_a_row_cap_splits_every_step_into_equal_calls_and_keeps_the_images(tiny_backend, monkeypatch):
+    """denoiser_rows bounds each denoiser call: a step's 10 CFG rows under a cap of 4 go as 4 + 3 + 3 (as few calls
+    as the cap allows, of equal sizes), and the images are those of one call per step."""
+    images, seeds = _seeds_images(5, seed=2), [1, 2, 3, 4, 5]
+    args = (images, ["1", "2", "1", "3", "1"], [1.0, 3.0, 2.0, 1.0, 4.0], 0.5, seeds)
+    whole = img2img(tiny_backend, *args, steps=10, repulsion_weight=5.0)
+    calls = []
+    real = tiny_backend.predict_noise
+    monkeypatch.setattr(tiny_backend, "predict_noise", lambda x, t, c: calls.append(len(x)) or real(x, t, c))
+    monkeypatch.setattr(tiny_backend, "denoiser_rows", 4)
+    capped = img2img(tiny_backend, *args, steps=10, repulsion_weight=5.0)
+    assert calls == [4, 3, 3] * 5
+    torch.testing.assert_close(capped.images, whole.images, rtol=0, atol=1e-5)
+
+
 def test_given_latents_replace_the_encoding_and_must_match_the_images(tiny_latent_backend):
     images, seeds = _seeds_images(3, tiny_latent_backend.image_size, seed=4), [3, 4, 5]
     encoded = img2img(tiny_latent_backend, images, ["1"] * 3, 2.0, 0.6, seeds, steps=10)

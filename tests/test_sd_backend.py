@@ -88,3 +88,44 @@ def test_the_hub_backbones_run_the_vae_one_image_at_a_time(tiny_sd_dir, monkeypa
         monkeypatch.setattr(bundled.vae, name, lambda x, real=real: calls.append(len(x)) or real(x))
     bundled.decode(bundled.encode(torch.rand(3, 1, 32, 32)))
     assert calls == [3, 3]
+
+
+def test_the_sd15_unet_chunks_the_feed_forward_of_its_4096_token_blocks_alone():
+    """At 512 px the 64 x 64 levels (the first down block, the last up block) are the ones whose feed-forward sets a
+    UNet call's peak memory; the 1,024-token and smaller levels run whole (built on the meta device: no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    from adaptive_dd.backends import SD_FF_TOKENS, chunk_feed_forward
+    from adaptive_dd.demo.random_sd import PRESETS
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**PRESETS["sd15"]["unet"])
+    assert chunk_feed_forward(unet, SD_FF_TOKENS) == [4096, 4096]
+    chunked = {".".join(name.split(".")[:2]) for name, m in unet.named_modules() if getattr(m, "_chunk_size", None)}
+    assert chunked == {"down_blocks.0", "up_blocks.3"}
+    blocks = [m for m in unet.down_blocks[0].modules() if hasattr(m, "set_chunk_feed_forward")]
+    assert len(blocks) == 2 and all((m._chunk_size, m._chunk_dim) == (SD_FF_TOKENS, 1) for m in blocks)
+
+
+def test_a_chunked_feed_forward_sees_chunks_of_its_tokens_and_predicts_the_same_noise(tiny_sd_dir):
+    """The tiny UNet's attention level has 8 x 8 = 64 tokens: chunked by 16, each feed-forward call sees 16 tokens,
+    and the noise prediction is the whole one's. The backend keeps its text encoder on the CPU in fp32 and hands
+    the embeddings over on its device, in its dtype."""
+    from adaptive_dd.backends import SD_DENOISER_ROWS, StableDiffusionBackend, chunk_feed_forward
+
+    backend = StableDiffusionBackend(str(tiny_sd_dir))
+    assert backend.denoiser_rows == SD_DENOISER_ROWS
+    assert {(p.device.type, p.dtype) for p in backend.text_encoder.parameters()} == {("cpu", torch.float32)}
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(3, 4, 16, 16, generator=g), torch.tensor([900, 500, 100])
+    cond = backend.condition(["tench", "goldfish", "tench"])
+    assert (cond.device, cond.dtype) == (backend.device, backend.dtype)
+    whole = backend.predict_noise(z, t, cond)
+    assert chunk_feed_forward(backend.unet, 16) == [64, 64]
+    seen = []
+    for m in backend.unet.modules():
+        if getattr(m, "_chunk_size", None):
+            m.ff.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
+    chunked = backend.predict_noise(z, t, cond)
+    assert seen and set(seen) == {16} and len(seen) % 4 == 0
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
