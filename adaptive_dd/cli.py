@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--proxy-seeds", type=int, help="seeds each BO proxy runs on, the batch's first ones; 0: all "
                    "(default: the mode's)")
     d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "
-                   "observations (see --bo-scope); 0: --budget (default: the mode's)")
+                   "observations (see --bo-scope), at most --budget; 0: --budget (default: the mode's)")
     d.add_argument("--first-warm-budget", type=int, help="the same for a class's first mini-batch, whose GP starts "
                    "from the pilot's observations alone (--bo-scope run); 0: --warm-budget (default: the mode's)")
     d.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,

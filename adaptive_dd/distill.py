@@ -338,7 +338,7 @@ class Distiller:
         final pass), the GP built on prior (the scope's earlier observations), its kernel learned on kernel_prior
         when given (the class's first prior, under kernel_scope "class"), and the budget set: with a prior,
         bo.first_warm_budget evaluations for a class's first mini-batch and bo.warm_budget for its later ones (0:
-        bo.warm_budget, then bo.budget), none on a one-point grid (nothing to choose)."""
+        bo.warm_budget, then bo.budget), never more than bo.budget, none on a one-point grid (nothing to choose)."""
         cfg = self.config
         c = self.dataset.class_index(class_name) if class_name in self.dataset.classes else 0
         slots = list(range(len(seed_images))) if slots is None else slots
@@ -352,7 +352,7 @@ class Distiller:
                     warm_design=self.warm_design(batch_index))
         grid_size = len(self.betas) * len(cfg.bo.gammas)
         warm = cfg.bo.first_warm_budget if batch_index == 0 and cfg.bo.first_warm_budget else cfg.bo.warm_budget
-        budget = warm if bo.prior and warm else cfg.bo.budget
+        budget = min(warm, cfg.bo.budget) if bo.prior and warm else cfg.bo.budget
         budget = 0 if grid_size == 1 else min(budget, grid_size)
         return _Batch(class_name, c, batch_index, seed_images, list(seed_ids), slots,
                       self.noise_seeds(class_name, slots), latents, view, bo, budget, t1 - t0,

@@ -84,8 +84,8 @@ def markdown(result: dict) -> str:
     w = result["model_weights_gb"]
     lines = [f"GPU rows: `{result['command']}` on {result['device']} (torch {result['torch']}); {result['model']}, "
              f"{result['steps']} steps, teacher {result['teacher']}, uci-digits seeds, IPC {result['ipc']}, "
-             f"{result['date']}; weights on the device {w['on_device']:.2f} GB (the text encoder's stay on the CPU). Paper (Table 5): 2.7 s per image, BO 0.7 s "
-             f"(26%), 2.6 GB.", "",
+             f"{result['date']}; weights on the device {w['on_device']:.2f} GB (the text encoder's stay on the CPU). "
+             f"Paper (Table 5): 2.7 s per image, BO 0.7 s (26%), 2.6 GB.", "",
              "| BO mode | classes | UNet rows per call | s/image | BO s/image | BO share | peak GPU memory allocated "
              "(GB) | reserved (GB) |", "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
@@ -165,7 +165,8 @@ def main() -> None:
     data = load_dataset("uci-digits", "train")
     weights_gb = {name: sum(p.numel() * p.element_size() for p in m.parameters()) / GB
                   for name, m in (("unet", backend.unet), ("vae", backend.vae), ("text_encoder", backend.text_encoder))}
-    weights_gb["on_device"] = sum(p.numel() * p.element_size() for m in (backend.unet, backend.vae, backend.text_encoder)
+    weights_gb["on_device"] = sum(p.numel() * p.element_size()
+                                  for m in (backend.unet, backend.vae, backend.text_encoder)
                                   for p in m.parameters() if p.device.type == dev.type) / GB
     result: dict = {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,

@@ -463,6 +463,18 @@ def test_a_class_first_warm_batch_tries_first_warm_budget_of_the_prior_best_poin
     assert first == _prior_ranking(cfg, steps, ("0", 0), ("0", 1))[:3]
 
 
+def test_no_mini_batch_evaluates_more_points_than_the_budget(tiny_backend, tiny_teacher):
+    """The budget bounds every mini-batch: with a budget of 2 the fast mode's first warm budget of 3 and a warm
+    budget of 4 give two evaluations, one round of the prior's two best points."""
+    cfg = _config(classes=["0", "1"], ipc=6, m_seed=3, bo=BOConfig(
+        betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=2, mode="fast", proxy_seeds=2, early_stop=False,
+        warm_budget=4, first_warm_budget=3))
+    steps, rounds = _warm_rounds(cfg, tiny_backend, tiny_teacher)
+    assert {k: sum(len(r) for r in v) for k, v in rounds.items()} == {("0", 0): 2, ("0", 1): 2, ("1", 0): 2,
+                                                                      ("1", 1): 2}
+    assert rounds[("1", 0)] == [_prior_ranking(cfg, steps, ("0", 0), ("0", 1))[:2]]
+
+
 def _warm_rounds(cfg: DistillConfig, backend, teacher) -> tuple[list[BOStep], dict[tuple[str, int], list]]:
     """A run's BO steps, and per (class, mini-batch) the grid indices of each round's candidates."""
     steps = [e for e in Distiller(cfg, backend=backend, teacher=teacher).run() if isinstance(e, BOStep)]
