@@ -27,9 +27,9 @@ SD_BETAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
 SD_LAMBDA = 2000.0
 SD_LATENT_NUMEL = 4 * 64 * 64
 # Stable Diffusion's memory settings, chosen by benchmarks/gpu_cost.py (SD-1.5 shapes, fp16, 512 px; README, "GPU
-# memory"): a UNet call holds ~68 MB per row at 64 x 64 latents, 40% of it the feed-forward of the 4,096-token
-# transformer blocks, which run in chunks of SD_FF_TOKENS tokens; a call takes at most SD_DENOISER_ROWS rows (a
-# 10-seed mini-batch with CFG in one call).
+# memory"): a UNet call holds ~68 MB per row at 64 x 64 latents, ~42 MB with the feed-forward of its 4,096-token
+# transformer blocks in chunks of SD_FF_TOKENS tokens; a call takes at most SD_DENOISER_ROWS rows (a 10-seed
+# mini-batch with CFG in one call), 2.83 GB at the peak of a run with the weights.
 SD_FF_TOKENS = 1024
 SD_DENOISER_ROWS = 20
 DIT_BETAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)

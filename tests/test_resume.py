@@ -274,15 +274,15 @@ def test_resume_after_kill_mid_write_is_byte_identical(args, reference, one_thre
 def test_warm_started_search_resumes_byte_identical(args, one_thread, tmp_path, scope):
     """A warm-started batch's GP starts from the finished batches' observations (the class's; with "run", also the
     first class's), which a resumed run reads back from the batch records: stopping after any batch and resuming
-    writes the same bytes as one uninterrupted run. With a warm budget of 1 every warm batch records 1 evaluation,
-    and under "run" class 1's first batch the fast mode's first warm budget of 3, so a resumed run that lost the
-    prior (and ran the full budget of 2) would differ."""
-    warm = [*args, "--bo-scope", scope, "--warm-budget", "1"]
+    writes the same bytes as one uninterrupted run. With a budget of 4 and a warm budget of 1 every warm batch
+    records 1 evaluation, and under "run" class 1's first batch the fast mode's first warm budget of 3, so a resumed
+    run that lost the prior (and ran the full budget) would differ."""
+    warm = [*args, "--budget", "4", "--bo-scope", scope, "--warm-budget", "1"]
     (tmp_path / "ref").mkdir()
     assert _distill(warm, tmp_path / "ref" / "out") == 0
     expected = _tree(tmp_path / "ref" / "out")
     history = [len(b["history"]) for b in json.loads(expected["manifest.json"])["batches"]]
-    assert history == ([2, 1, 1] * 2 if scope == "class" else [2, 1, 1, 3, 1, 1])
+    assert history == ([4, 1, 1] * 2 if scope == "class" else [4, 1, 1, 3, 1, 1])
     for stop in (1, 3, 4):
         out = tmp_path / f"stop{stop}" / "out"
         out.parent.mkdir()
