@@ -58,7 +58,6 @@ class Backend(ABC):
     description: str
     denoiser_rows: int | None = None
 
-
     def make_scheduler(self, name: str = "DDIMScheduler", **overrides):
         """A fresh scheduler of class `name` from the backbone's scheduler config (overrides win).
 

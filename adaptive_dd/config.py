@@ -114,11 +114,10 @@ class BOConfig:
     0: all), warm_budget (evaluations of a batch whose GP starts from a prior; 0: the budget), first_warm_budget
     (the same for a class's first mini-batch, whose prior is the pilot's alone: it has no evidence of its own, so it
     tries more of the prior's best points, in one call under design_q; 0: warm_budget; either at most the budget),
-    early_stop (stop
-    when no unevaluated point's UCB beats the best observed), freeze_after (the kernel's hyper-parameters are
-    fixed at the first GP fit to at least that many points, the prior's included; 0: never) and class_group (the
-    first proxy rounds of the first mini-batches of this many classes run in one sampler call, and the classes go
-    to one process together; 0: by device, CPU_CLASS_GROUP on a CPU and 1 elsewhere).
+    early_stop (stop when no unevaluated point's UCB beats the best observed), freeze_after (the kernel's
+    hyper-parameters are fixed at the first GP fit to at least that many points, the prior's included; 0: never) and
+    class_group (the first proxy rounds of the first mini-batches of this many classes run in one sampler call, and
+    the classes go to one process together; 0: by device, CPU_CLASS_GROUP on a CPU and 1 elsewhere).
     """
 
     betas: tuple[float, ...] | None = None

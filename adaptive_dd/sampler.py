@@ -208,7 +208,7 @@ def denoise_step(backend: Backend, z: torch.Tensor, active: list[tuple[Cohort, i
     t_in = torch.cat([c.timesteps[k].expand(len(c.idx)) for c, k in active])
     x_in = torch.cat([c.scheduler.scale_model_input(z[c.idx], c.timesteps[k]) for c, k in active])
     eps_c, eps_u = backend.denoise(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]),
-                                         torch.cat([cond[idx], null[idx]])).chunk(2)
+                                   torch.cat([cond[idx], null[idx]])).chunk(2)
     eps = guided_noise(eps_c, eps_u, beta[idx]).to(z.dtype)
     rows_job, rows_group = job[idx.cpu()], group[idx.cpu()]
     push, z_rows = None, None
