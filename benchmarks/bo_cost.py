@@ -74,6 +74,7 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fast_budget_6": ("default with 6 evaluations in a cold search (the pilot class's)", {"budget": 6}, None),
     "fast_first_warm_4_budget_6": ("default with the prior's 4 best points on a class's first mini-batch and 6 "
                                    "evaluations in a cold search", {"first_warm_budget": 4, "budget": 6}, None),
+    "fast_kappa_4": ("default with kappa 4 (more exploration in GP-UCB's picks)", {"kappa": 4.0}, None),
     "fast_warm_3": ("default with 3 evaluations on a class's later mini-batches (2 in the ridden round, then 1)",
                     {"warm_budget": 3}, None),
     "fast_first_warm_4_budget_6_warm_3": ("default with 4 points on a class's first mini-batch, 6 in a cold search "
