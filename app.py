@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from adaptive_dd import app_handlers as S  # noqa: E402  (the package imports `spaces` before torch)
-from adaptive_dd.config import BO_MODES, BO_SCOPES, KERNEL_SCOPES, WARM_DESIGNS  # noqa: E402
+from adaptive_dd.config import BO_MODES, BO_SCOPES, CHOICES, KERNEL_SCOPES, WARM_DESIGNS  # noqa: E402
 from adaptive_dd.fidelity import OBJECTIVES  # noqa: E402
 from adaptive_dd.imagenet import expand_classes  # noqa: E402
 
@@ -120,16 +120,19 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
             class_group = gr.Number(d.class_group, precision=0, minimum=0,
                                     label="class group (classes whose first proxy rounds share one sampler call in "
                                           "an export; 0: 4 on a CPU, 1 on a GPU)")
+            choice = gr.Dropdown(list(CHOICES), value=d.choice, label="choice (where the final pass runs)",
+                                 info="best: the best observed; one_se: the lowest β within one standard error of "
+                                      "it, measured seed by seed")
             seed = gr.Number(d.seed, precision=0, label="seed")
     bo_mode.change(S.on_bo_mode, bo_mode,
                    [q, design_q, bo_scope, kernel_scope, warm_design, proxy_seeds, warm_budget, first_warm_budget,
-                    early_stop, freeze_after, class_group, proxy_steps],
+                    early_stop, freeze_after, class_group, choice, proxy_steps],
                    api_visibility="private")
     return {"q": q, "kappa": kappa, "objective": objective, "novelty_weight": novelty_weight,
             "proxy_steps": proxy_steps, "seed": seed, "bo_mode": bo_mode, "bo_scope": bo_scope,
             "proxy_seeds": proxy_seeds, "warm_budget": warm_budget, "first_warm_budget": first_warm_budget,
             "early_stop": early_stop, "freeze_after": freeze_after, "design_q": design_q,
-            "kernel_scope": kernel_scope, "warm_design": warm_design, "class_group": class_group}
+            "kernel_scope": kernel_scope, "warm_design": warm_design, "class_group": class_group, "choice": choice}
 
 
 def repulsion_controls(d: S.Settings, bandwidth_max: float = 100.0) -> dict[str, gr.components.Component]:

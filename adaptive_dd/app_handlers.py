@@ -197,6 +197,7 @@ class Settings:
     kernel_scope: str
     warm_design: str
     class_group: int
+    choice: str
 
     @classmethod
     def names(cls) -> list[str]:
@@ -219,7 +220,7 @@ class Settings:
                             first_warm_budget=int(self.first_warm_budget), early_stop=bool(self.early_stop),
                             freeze_after=int(self.freeze_after), design_q=int(self.design_q),
                             kernel_scope=self.kernel_scope, warm_design=self.warm_design,
-                            class_group=int(self.class_group))).validate()
+                            class_group=int(self.class_group), choice=self.choice)).validate()
         except ConfigError as e:
             raise gr.Error(str(e)) from None
 
@@ -249,7 +250,7 @@ def mode_settings(mode: str) -> dict[str, Any]:
             "warm_budget": preset["warm_budget"], "first_warm_budget": preset["first_warm_budget"],
             "early_stop": preset["early_stop"], "freeze_after": preset["freeze_after"], "design_q": preset["design_q"],
             "kernel_scope": preset["kernel_scope"], "warm_design": preset["warm_design"],
-            "class_group": preset["class_group"]}
+            "class_group": preset["class_group"], "choice": preset["choice"]}
 
 
 def on_bo_mode(mode: str):
@@ -257,7 +258,7 @@ def on_bo_mode(mode: str):
     s = mode_settings(mode)
     return (*(gr.update(value=s[k]) for k in ("q", "design_q", "bo_scope", "kernel_scope", "warm_design",
                                               "proxy_seeds", "warm_budget", "first_warm_budget", "early_stop",
-                                              "freeze_after", "class_group")),
+                                              "freeze_after", "class_group", "choice")),
             gr.update(value=0))
 
 
@@ -366,9 +367,10 @@ def edge_note(best: Observation | None, betas: tuple[float, ...], gammas: tuple[
     return f"The optimum is on the edge of the grid ({' and '.join(sides)}): widen it." if sides else ""
 
 
-def heatmap(post: GridPosterior, observations: list[Observation], best: Observation | None, view: str,
+def heatmap(post: GridPosterior, observations: list[Observation], chosen: Observation | None, view: str,
             budget: int, objective: str = "kl") -> go.Figure:
-    """The posterior view over beta x gamma with numbered observations and the best one starred.
+    """The posterior view over beta x gamma with numbered observations and the chosen one (where the final pass
+    runs, under the run's choice rule) starred.
 
     The colour scale is COLOUR_STOPS[objective][view] in every frame, so a colour means the same value across a run.
     """
@@ -387,11 +389,11 @@ def heatmap(post: GridPosterior, observations: list[Observation], best: Observat
             textfont={"color": "black", "size": 11}, marker={"size": 20, "color": "white", "line": {"width": 1}},
             customdata=[o.f for o in observations], name="observed",
             hovertemplate="#%{text}: β=%{y} γ=%{x}<br>f=%{customdata:.4f}<extra></extra>"))
-    if best is not None:
-        fig.add_trace(go.Scatter(x=[f"{best.gamma:g}"], y=[f"{best.beta:g}"], mode="markers", name="best",
+    if chosen is not None:
+        fig.add_trace(go.Scatter(x=[f"{chosen.gamma:g}"], y=[f"{chosen.beta:g}"], mode="markers", name="chosen",
                                  marker={"symbol": "star", "size": 30, "color": "rgba(0,0,0,0)",
                                          "line": {"width": 3, "color": "red"}}, hoverinfo="skip"))
-    # Short enough for a 390 px phone; the best point and the edge note are in the readout below.
+    # Short enough for a 390 px phone; the chosen point and the edge note are in the readout below.
     title = f"{view} of f · {len(observations)}/{budget} evaluations"
     fig.update_layout(title={"text": title, "font": {"size": 13}, "x": 0, "xref": "paper", "xanchor": "left",
                              "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8}},
@@ -435,6 +437,7 @@ class ExploreState:
     posterior: GridPosterior | None = None
     observations: list[Observation] = field(default_factory=list)
     best: Observation | None = None
+    chosen: Observation | None = None
     budget: int = 0
     beta: float | None = None
     gamma: float | None = None
@@ -557,14 +560,16 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
     for ev in bo_events(config, images, ids, name):
         if isinstance(ev, BOStep):
             st.posterior, st.observations, st.best, st.budget = ev.posterior, ev.observations, ev.best, ev.budget
+            st.chosen = ev.chosen
             proxies = [item for k, o in enumerate(ev.candidates)  # f is in the readout; cells are narrow
                        for item in gallery(ev.proxy_images[k], [f"#{o.step} β={o.beta:g} γ={o.gamma:g}"] * len(ids),
                                            folder)]
             last = ev.candidates[-1]
-            yield (heatmap(ev.posterior, ev.observations, ev.best, st.view, ev.budget, config.bo.objective),
+            yield (heatmap(ev.posterior, ev.observations, ev.chosen, st.view, ev.budget, config.bo.objective),
                    proxies, skip, skip,
                    f"Evaluation {ev.evaluations}/{ev.budget}: β={last.beta:g}, γ={last.gamma:g}, f={last.f:.4f} · "
-                   f"best so far β={ev.best.beta:g}, γ={ev.best.gamma:g}, f={ev.best.f:.4f}", st, skip, skip, skip)
+                   f"best so far β={ev.best.beta:g}, γ={ev.best.gamma:g}, f={ev.best.f:.4f}" + chosen_note(ev),
+                   st, skip, skip, skip)
         else:
             st.beta, st.gamma, st.slots = ev.beta, ev.gamma, list(ev.slots)
             betas, gammas = config.bo.betas, config.bo.gammas
@@ -573,6 +578,15 @@ def run_bo(data: str, class_name: str, source: str, selected: list[str] | None, 
                    gr.update(choices=[(f"{b:g}", b) for b in betas], value=ev.beta),
                    gr.update(choices=[(f"{g:g}", g) for g in gammas], value=ev.gamma),
                    gr.update(maximum=max(1.0, float(np.ceil(3 * ev.diversity)))))
+
+
+def chosen_note(ev: BOStep) -> str:
+    """Where the final pass would run when the choice rule moves it off the best observed point."""
+    c = ev.chosen
+    if c is None or c is ev.best:
+        return ""
+    return (f" · chosen β={c.beta:g}, γ={c.gamma:g}, f={c.f:.4f} (the lowest β within one standard error of the "
+            f"best)")
 
 
 def batch_readout(ev: BatchDone, st: ExploreState) -> str:
@@ -597,7 +611,7 @@ def redraw(st: ExploreState | None, view: str):
     if st is None or st.posterior is None:
         return gr.skip()
     st.view = view
-    return heatmap(st.posterior, st.observations, st.best, view, st.budget, st.config.bo.objective)
+    return heatmap(st.posterior, st.observations, st.chosen, view, st.budget, st.config.bo.objective)
 
 
 def _require_batch(st: ExploreState | None) -> ExploreState:

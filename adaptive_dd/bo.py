@@ -52,6 +52,45 @@ class Observation:
     f: float
     step: int
     index: tuple[int, int]
+    scores: tuple[float, ...] = ()  # each proxy seed's term of f (Objective.scores), for choose's "one_se"
+
+
+CHOICES = ("best", "one_se")
+
+
+def _checked_choice(choice: str) -> str:
+    if choice not in CHOICES:
+        raise ValueError(f"unknown choice {choice!r}; use one of {', '.join(CHOICES)}")
+    return choice
+
+
+def _within_one_se(top: Observation, other: Observation) -> bool:
+    """Whether other's f trails top's by at most one standard error of their paired per-seed differences."""
+    if len(top.scores) < 2 or len(top.scores) != len(other.scores):
+        return False
+    d = np.subtract(top.scores, other.scores)
+    return bool(d.mean() <= d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def choose(observations: Sequence[Observation], choice: str = "best") -> Observation | None:
+    """The point a search hands to its final pass.
+
+    "best": the best observed (Algorithm 1, line 14). "one_se": the one-standard-error rule of model selection: of
+    the points whose f is within one standard error of the best's, the one with the least guidance (lowest beta,
+    then the higher f). The proxies of a search share their seeds and noise, so the gap to the best is measured seed
+    by seed, and a gap under its standard error is one another draw of seeds could reverse. Where f is that flat in
+    beta (the bundled digits at gamma 0.3) the best observed is a coin toss, tilted towards more guidance by an
+    objective that rewards the teacher's confidence, while less guidance keeps more of the diversity CFG takes away.
+    Points without per-seed scores have no standard error and count only as the best.
+    """
+    _checked_choice(choice)
+    if not observations:
+        return None
+    top = max(observations, key=lambda o: o.f)
+    if choice == "best":
+        return top
+    return min([top] + [o for o in observations if o is not top and _within_one_se(top, o)],
+               key=lambda o: (o.beta, -o.f))
 
 
 WARP_EPS = 1e-4
@@ -154,12 +193,13 @@ class GridBO:
     hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit);
     kernel_prior: observations whose GP's learned hyper-parameters this one keeps from the start (none: it learns
     its own); warm_design: where a search with a prior starts, "top" (the prior's n_initial best points) or "ucb" (its
-    best point, then GP-UCB's picks, so a warm round of q also explores).
+    best point, then GP-UCB's picks, so a warm round of q also explores); choice: the rule of `chosen` (see choose).
     """
 
     def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none",
                  prior: Sequence[tuple[float, float, float]] = (), freeze_after: int = 0,
-                 kernel_prior: Sequence[tuple[float, float, float]] = (), warm_design: str = "top"):
+                 kernel_prior: Sequence[tuple[float, float, float]] = (), warm_design: str = "top",
+                 choice: str = "best"):
         self.betas = tuple(float(b) for b in betas)
         self.gammas = tuple(float(g) for g in gammas)
         self.kappa = float(kappa)
@@ -169,6 +209,7 @@ class GridBO:
         if warm_design not in ("top", "ucb"):
             raise ValueError(f"unknown warm design {warm_design!r}; use top or ucb")
         self.warm_design = warm_design
+        self.choice = _checked_choice(choice)
         self.n_initial = max(1, int(n_initial))
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -341,8 +382,10 @@ class GridBO:
             taken[p] = True
         return [tuple(int(v) for v in self.indices[p]) for p in picks]
 
-    def tell(self, points: list[tuple[int, int]], values: list[float]) -> None:
-        for index, f in zip(points, values, strict=True):
+    def tell(self, points: list[tuple[int, int]], values: list[float],
+             scores: Sequence[Sequence[float]] | None = None) -> None:
+        """Record f at points; scores: each point's per-seed terms of f (for the "one_se" choice)."""
+        for index, f, s in zip(points, values, scores or [()] * len(points), strict=True):
             flat = self._flat(index)
             if self._evaluated[flat]:
                 raise ValueError(f"grid point {index} was already evaluated")
@@ -350,7 +393,8 @@ class GridBO:
                 raise ValueError(f"f at {index} is not finite: {f}")
             self._evaluated[flat] = True
             self.observations.append(Observation(self.betas[index[0]], self.gammas[index[1]], float(f),
-                                                 len(self.observations) + 1, (int(index[0]), int(index[1]))))
+                                                 len(self.observations) + 1, (int(index[0]), int(index[1])),
+                                                 tuple(float(v) for v in s)))
         if self.kernel is None and self.freeze_after:
             self._gp()  # this fit may fix the kernel, so it runs now
 
@@ -378,3 +422,8 @@ class GridBO:
     def best(self) -> Observation | None:
         """The best OBSERVED point (Algorithm 1, line 14), not the GP's argmax."""
         return max(self.observations, key=lambda o: o.f) if self.observations else None
+
+    @property
+    def chosen(self) -> Observation | None:
+        """The point the final pass runs at, under this search's choice rule (choose)."""
+        return choose(self.observations, self.choice)

@@ -11,8 +11,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from .config import (BO_MODES, BO_SCOPES, KERNEL_SCOPES, WARM_DESIGNS, BOConfig, DistillConfig, RepulsionConfig,
-                     SamplerConfig)
+from .config import (BO_MODES, BO_SCOPES, CHOICES, KERNEL_SCOPES, WARM_DESIGNS, BOConfig, DistillConfig,
+                     RepulsionConfig, SamplerConfig)
 from .evaluation.students import PROTOCOLS
 from .fidelity import OBJECTIVES
 from .options import parse_bandwidth, parse_floats, parse_names
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--class-group", type=int, help="classes (in class order after the first) whose first mini-batches "
                    "run their first BO proxy round in one sampler call and go to one process together; 0: by device, "
                    "4 on a CPU, where small calls cost per call, 1 elsewhere (default: the mode's)")
+    d.add_argument("--choice", choices=list(CHOICES), help="the point the final pass runs at: best (the best "
+                   "observed, Algorithm 1) or one_se (the lowest beta whose f is within one standard error of the "
+                   "best's, measured seed by seed) (default: the mode's)")
     d.add_argument("--proxy-steps", type=int, help="BO proxy steps, a divisor of --steps: proxies start where the "
                    "full sampler starts and take every (steps // proxy-steps)-th step (default: the mode's, every "
                    "other step in paper mode, a fifth of the steps in fast mode)")
@@ -170,7 +173,7 @@ def config_from_args(a: argparse.Namespace) -> DistillConfig:
                     novelty_weight=a.novelty_weight, mode=a.bo_mode, scope=a.bo_scope, proxy_seeds=a.proxy_seeds,
                     warm_budget=a.warm_budget, first_warm_budget=a.first_warm_budget, early_stop=a.early_stop,
                     freeze_after=a.freeze_after, design_q=a.design_q, kernel_scope=a.kernel_scope,
-                    warm_design=a.warm_design, class_group=a.class_group),
+                    warm_design=a.warm_design, class_group=a.class_group, choice=a.choice),
     )
 
 

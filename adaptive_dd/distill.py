@@ -2,9 +2,9 @@
 
 For every class: draw mini-batches of seeds (without replacement), run GP-UCB over beta x gamma on proxy
 generations that take a share of the steps of the final schedule (a BOStep event after every round), each scored by
-the configured objective (eq. 5 by default), regenerate the seeds at the best OBSERVED (beta*, gamma*) with the
-full sampler and repulsion (BatchDone), until the class has exactly IPC images (ClassDone); RunDone closes the
-stream. The CLI, the app and the benchmarks consume this stream.
+the configured objective (eq. 5 by default), regenerate the seeds at the chosen observed (beta*, gamma*) (the best
+observed in the paper's mode; bo.choose) with the full sampler and repulsion (BatchDone), until the class has exactly
+IPC images (ClassDone); RunDone closes the stream. The CLI, the app and the benchmarks consume this stream.
 
 The BO mode sets what the search costs (config.BO_MODES): "paper" is Algorithm 1 as written (a fresh GP per
 mini-batch, all seeds, every other step); "fast" warm-starts each mini-batch's GP from the finished batches of its
@@ -70,6 +70,11 @@ class BOStep:
     @property
     def best(self) -> Observation:
         return self.search.best
+
+    @property
+    def chosen(self) -> Observation:
+        """The point the final pass would run at if the search ended now (bo.choice; the best under "best")."""
+        return self.search.chosen
 
     @property
     def prior(self) -> list[tuple[float, float, float]]:
@@ -181,14 +186,24 @@ class Shard:
 ONE_PROCESS = Shard()
 
 
-History = dict[str, dict[int, list[tuple[float, float, float]]]]  # class -> batch -> (beta, gamma, f) observed
+@dataclass(frozen=True)
+class Searched:
+    """A finished mini-batch's search as later ones need it: its observations as (beta, gamma, f), a prior for the
+    scope's later searches, and the point its final pass ran at, in which the next mini-batch's first round rides."""
+
+    observed: list[tuple[float, float, float]]
+    beta: float
+    gamma: float
+
+
+History = dict[str, dict[int, Searched]]  # class -> batch -> its search
 
 
 @dataclass
 class Progress:
     """What an interrupted run already wrote: the finished classes, and per class the finished batches'
-    summaries, so a resumed run skips them and still reports them, and their BO observations as (beta, gamma, f),
-    which a class- or run-scope search starts from."""
+    summaries, so a resumed run skips them and still reports them, and their searches, which a class- or run-scope
+    search starts from."""
 
     classes: set[str] = field(default_factory=set)
     batches: dict[str, dict[int, BatchSummary]] = field(default_factory=dict)
@@ -224,7 +239,7 @@ def default_teacher(data: str) -> str:
 
 
 def _observed(observations: Sequence[Observation]) -> list[tuple[float, float, float]]:
-    """Observations as history keeps them: (beta, gamma, f)."""
+    """Observations as a prior takes them: (beta, gamma, f)."""
     return [(o.beta, o.gamma, o.f) for o in observations]
 
 
@@ -349,7 +364,7 @@ class Distiller:
         bo = GridBO(self.betas, cfg.bo.gammas, kappa=cfg.bo.kappa, n_initial=cfg.bo.n_initial,
                     seed=noise_seed(cfg.seed, c, batch_index, 1), warp=self.objective.warp, prior=prior,
                     freeze_after=cfg.bo.freeze_after, kernel_prior=kernel_prior,
-                    warm_design=self.warm_design(batch_index))
+                    warm_design=self.warm_design(batch_index), choice=cfg.bo.choice)
         grid_size = len(self.betas) * len(cfg.bo.gammas)
         warm = cfg.bo.first_warm_budget if batch_index == 0 and cfg.bo.first_warm_budget else cfg.bo.warm_budget
         budget = min(warm, cfg.bo.budget) if bo.prior and warm else cfg.bo.budget
@@ -412,8 +427,9 @@ class Distiller:
                 points = bo.ask(self.round_size(batch))
                 images = self.sample([self.proxy_job(batch, points)])[0].images
             gen_view = self.teacher.embed(images)
-            values = [self.objective(proxy_view, gen_view[k * m:(k + 1) * m], target) for k in range(len(points))]
-            bo.tell(points, values)
+            views = [gen_view[k * m:(k + 1) * m] for k in range(len(points))]
+            bo.tell(points, [self.objective(proxy_view, v, target) for v in views],
+                    [self.objective.scores(proxy_view, v, target).tolist() for v in views])
             yield BOStep(batch.class_name, batch.class_index, batch.index, batch.budget,
                          bo.observations[-len(points):], bo.snapshot(), images.view(len(points), m, *images.shape[1:]),
                          batch.images)
@@ -439,8 +455,7 @@ class Distiller:
         t0 = time.perf_counter()
         bo = yield from self.search(batch)
         t_search = time.perf_counter() - t0
-        beta, gamma, f_proxy = (bo.best.beta, bo.best.gamma, bo.best.f) if bo.observations else \
-            (self.betas[0], cfg.bo.gammas[0], None)
+        beta, gamma, f_proxy = self._chosen(bo)
         nxt = after_search(bo) if after_search is not None else None
         final = self._final_with_ride(self._final_job(batch, beta, gamma), nxt)
         t2 = time.perf_counter()
@@ -449,6 +464,16 @@ class Distiller:
         yield BatchDone(batch.class_name, batch.class_index, batch.index, final.images, batch.images, batch.ids,
                         batch.slots, beta, gamma, f_proxy, f_final, mean_pairwise_distance(final.latents),
                         list(bo.observations), t_search + batch.seconds_bo, seconds_final)
+
+    def _chosen(self, bo: GridBO) -> tuple[float, float, float | None]:
+        """(beta*, gamma*, its proxy f) of a finished search under bo.choice; with no evaluation (a one-point grid)
+        the grid's first point and no f."""
+        c = bo.chosen
+        return (self.betas[0], self.config.bo.gammas[0], None) if c is None else (c.beta, c.gamma, c.f)
+
+    def _searched(self, bo: GridBO) -> Searched:
+        beta, gamma, _ = self._chosen(bo)
+        return Searched(_observed(bo.observations), beta, gamma)
 
     def _final_job(self, batch: _Batch, beta: float, gamma: float) -> Job:
         return self.job(batch.images, batch.class_name, beta, gamma, batch.noise, proxy=False, latents=batch.latents)
@@ -498,10 +523,10 @@ class Distiller:
         scope = self.config.bo.scope
         if scope == "batch":
             return []
-        own = sorted((b, obs) for b, obs in history.get(class_name, {}).items() if b < batch_index)
+        own = sorted((b, s.observed) for b, s in history.get(class_name, {}).items() if b < batch_index)
         pilot: list[tuple[int, list]] = []
         if scope == "run" and class_name != self.pilot:
-            pilot = sorted(self._pilot_history(history).items())
+            pilot = sorted((b, s.observed) for b, s in self._pilot_history(history).items())
         return [o for _, obs in pilot + own for o in obs]
 
     def kernel_prior(self, class_name: str, batch_index: int, history: History) -> list[tuple[float, float, float]]:
@@ -512,9 +537,9 @@ class Distiller:
             return []
         return next((p for p in (self.prior(class_name, b, history) for b in range(batch_index)) if p), [])
 
-    def _pilot_history(self, history: History) -> dict[int, list[tuple[float, float, float]]]:
-        """The pilot class's observations per batch, searching those history lacks (and redoing the final pass
-        before each, in which its first round rides)."""
+    def _pilot_history(self, history: History) -> dict[int, Searched]:
+        """The pilot class's searches per batch, running those history lacks (and redoing the final pass before
+        each, in which its first round rides)."""
         done = history.setdefault(self.pilot, {})
         batches = self._batches(self.seed_plan(self.pilot)[0])
         for b, idx, slots in batches:
@@ -522,16 +547,10 @@ class Distiller:
                 batch = self.prepare(self._seed_images(idx), self._seed_ids(idx), self.pilot, b, slots,
                                      self.prior(self.pilot, b, history), self.kernel_prior(self.pilot, b, history))
                 if b > 0 and batch.budget:
-                    self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], *self._best(done[b - 1]))
-                done[b] = _observed(_outcome(self.search(batch)).observations)
+                    prev = done[b - 1]
+                    self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], prev.beta, prev.gamma)
+                done[b] = self._searched(_outcome(self.search(batch)))
         return done
-
-    def _best(self, observed: list[tuple[float, float, float]]) -> tuple[float, float]:
-        """(beta*, gamma*) of a finished search from its observations, as GridBO.best picks it."""
-        if not observed:
-            return self.betas[0], self.config.bo.gammas[0]
-        beta, gamma, _ = max(observed, key=lambda o: o[2])
-        return beta, gamma
 
     @staticmethod
     def _batches(plan: list[np.ndarray]) -> list[tuple[int, np.ndarray, list[int]]]:
@@ -581,7 +600,7 @@ class Distiller:
                     self._ride_after(batch, batches[b - 1][1], batches[b - 1][2], prev.beta, prev.gamma)
 
                 def after_search(bo: GridBO, b: int = b) -> _Batch | None:
-                    history.setdefault(name, {})[b] = _observed(bo.observations)
+                    history.setdefault(name, {})[b] = self._searched(bo)
                     if b + 1 == len(batches) or b + 1 in finished:
                         return None
                     ahead.append(self._prepare_in_run(name, *batches[b + 1], history))

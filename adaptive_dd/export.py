@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import DistillConfig
 from .data import to_pil
-from .distill import ONE_PROCESS, BatchDone, BatchSummary, ClassDone, Event, Progress, RunDone, Shard
+from .distill import ONE_PROCESS, BatchDone, BatchSummary, ClassDone, Event, Progress, RunDone, Searched, Shard
 
 try:
     import fcntl
@@ -318,8 +318,9 @@ class ExportRun:
             record = self._load(path)
             if "batch" in record:
                 progress.batches.setdefault(record["class"], {})[record["batch"]] = BatchSummary(**record["summary"])
-                progress.history.setdefault(record["class"], {})[record["batch"]] = [
-                    (h["beta"], h["gamma"], h["f"]) for h in record["row"]["history"]]
+                row = record["row"]
+                progress.history.setdefault(record["class"], {})[record["batch"]] = Searched(
+                    [(h["beta"], h["gamma"], h["f"]) for h in row["history"]], row["beta"], row["gamma"])
             else:
                 progress.classes.add(record["name"])
         return progress

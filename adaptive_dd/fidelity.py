@@ -257,6 +257,19 @@ class Objective:
     def warp(self) -> str:
         return "neglog" if self.name == "kl" else "none"
 
+    def scores(self, seeds: Embedding, generated: Embedding, target: int) -> torch.Tensor:
+        """Each seed's term of f (f is their mean, up to rounding): candidates scored on the same seeds and noise
+        are compared seed by seed, and the spread of those paired differences tells a real gap from noise
+        (bo.choose's "one_se" rule)."""
+        if self.name == "confidence":
+            p_gen = F.softmax(generated.logits.float() / self.tau, -1)[:, target]
+            p_seed = F.softmax(seeds.logits.float() / self.tau, -1)[:, target]
+            return p_gen - p_seed.mean()
+        s = -kl_per_sample(seeds.logits, generated.logits, self.tau)
+        if self.name == "kl_novelty":
+            s = s + self.novelty_weight * novelty(seeds.features, generated.features)
+        return s
+
     def __call__(self, seeds: Embedding, generated: Embedding, target: int) -> float:
         """f for one candidate: seeds and generated are row-aligned (generated[i] was made from seeds[i])."""
         if self.name == "confidence":

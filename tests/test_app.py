@@ -17,7 +17,7 @@ SETTINGS = {"betas": "0, 1, 2", "gammas": "0.5, 0.7, 1.0", "budget": BUDGET, "st
             "novelty_weight": 1.0, "proxy_steps": 0, "seed": 7, "bo_mode": "paper", "bo_scope": "batch",
             "proxy_seeds": 0, "warm_budget": 0, "first_warm_budget": 0, "early_stop": False, "freeze_after": 0,
             "design_q": 0, "kernel_scope": "batch", "warm_design": "top",
-            "class_group": 1}
+            "class_group": 1, "choice": "best"}
 
 
 @pytest.fixture(scope="module")
@@ -276,19 +276,36 @@ def test_settings_carry_the_bo_cost_options_and_the_mode_presets_them(client):
 
     chosen = {"bo_mode": "fast", "bo_scope": "class", "proxy_seeds": 2, "warm_budget": 1, "first_warm_budget": 3,
               "early_stop": True, "freeze_after": 5, "q": 2, "proxy_steps": 3, "design_q": 3, "kernel_scope": "class",
-              "warm_design": "ucb", "class_group": 3}
+              "warm_design": "ucb", "class_group": 3, "choice": "best"}
     cfg = S.Settings(**{**SETTINGS, **chosen}).config("uci-digits", ["3"], 4, 4)
     assert (cfg.bo.mode, cfg.bo.scope, cfg.bo.proxy_seeds, cfg.bo.warm_budget, cfg.bo.first_warm_budget,
             cfg.bo.early_stop, cfg.bo.freeze_after, cfg.bo.q, cfg.sampler.proxy_steps, cfg.bo.design_q,
-            cfg.bo.kernel_scope, cfg.bo.warm_design, cfg.bo.class_group) == \
-        ("fast", "class", 2, 1, 3, True, 5, 2, 3, 3, "class", "ucb", 3)
+            cfg.bo.kernel_scope, cfg.bo.warm_design, cfg.bo.class_group, cfg.bo.choice) == \
+        ("fast", "class", 2, 1, 3, True, 5, 2, 3, 3, "class", "ucb", 3, "best")
     d = S.default_settings()
     assert d.bo_mode == DistillConfig().bo.mode
     assert all(getattr(d, {"scope": "bo_scope"}.get(k, k)) == v for k, v in BO_MODES[d.bo_mode].items()
                if k != "proxy_stride")
     updates = S.on_bo_mode("paper")
-    assert [u["value"] for u in updates] == [1, 0, "batch", "batch", "top", 0, 0, 0, False, 0, 1, 0]
+    assert [u["value"] for u in updates] == [1, 0, "batch", "batch", "top", 0, 0, 0, False, 0, 1, "best", 0]
     fast = S.Settings(**{**SETTINGS, **S.mode_settings("fast")}).config("uci-digits", None, 4, 4)
     assert fast.bo.class_group == (CPU_CLASS_GROUP if S.models().device.startswith("cpu") else 1)  # by the device
     with pytest.raises(gr.Error, match="proxy seeds must be >= 0"):
         S.Settings(**{**SETTINGS, "proxy_seeds": -1}).config("uci-digits", ["3"], 4, 4)
+
+
+def test_the_heatmap_stars_the_chosen_point_and_the_readout_names_it_when_it_is_not_the_best():
+    import torch
+
+    from adaptive_dd.app_handlers import chosen_note, heatmap
+    from adaptive_dd.bo import GridBO
+    from adaptive_dd.distill import BOStep
+
+    for choice, star, note in (("one_se", "1", "chosen β=1, γ=0.3, f=0.4800"), ("best", "5", "")):
+        bo = GridBO((1.0, 2.0, 5.0), (0.3, 0.5), choice=choice)
+        bo.tell([(2, 0), (0, 0)], [0.5, 0.48], [(0.50, 0.60, 0.40, 0.50), (0.56, 0.48, 0.40, 0.48)])
+        step = BOStep("3", 3, 0, 2, bo.observations, bo.snapshot(), torch.zeros(2, 4, 1, 8, 8),
+                      torch.zeros(4, 1, 8, 8))
+        fig = heatmap(step.posterior, step.observations, step.chosen, "mean", 2, "confidence")
+        assert (fig.data[-1].name, fig.data[-1].y, fig.data[-1].x) == ("chosen", (star,), ("0.3",))
+        assert (note in chosen_note(step)) and bool(chosen_note(step)) == bool(note)

@@ -391,3 +391,28 @@ def test_a_ucb_warm_design_finds_an_optimum_the_prior_does_not_share():
     assert sum(found("top", s) == 0.0 for s in range(6)) == 0
     with pytest.raises(ValueError, match="warm design"):
         GridBO(BETAS, GAMMAS, warm_design="explore")
+
+
+def test_one_se_takes_the_least_guidance_within_one_paired_standard_error_of_the_best():
+    """The best (beta 5) against: beta 2, 0.02 lower on average but by a gap that swings from seed to seed (within
+    one standard error: chosen); beta 1, only 0.01 lower but on every seed (a real gap: not chosen); beta 3 with no
+    per-seed scores (no standard error: it could only count as the best)."""
+    from adaptive_dd.bo import Observation, choose
+
+    top = [0.50, 0.60, 0.40, 0.50]
+    obs = [Observation(5.0, 0.3, float(np.mean(top)), 1, (4, 0), tuple(top)),
+           Observation(2.0, 0.3, 0.48, 2, (1, 0), (0.56, 0.48, 0.40, 0.48)),
+           Observation(1.0, 0.3, 0.49, 3, (0, 0), tuple(v - 0.01 for v in top)),
+           Observation(3.0, 0.3, 0.499, 4, (2, 0))]
+    assert choose(obs, "best") is obs[0] and choose(obs) is obs[0]
+    assert choose(obs, "one_se") is obs[1]
+    assert choose(obs[:1] + obs[2:], "one_se") is obs[0]
+    assert choose([], "one_se") is None
+    with pytest.raises(ValueError, match="unknown choice 'mean'"):
+        choose(obs, "mean")
+
+    bo = GridBO(BETAS, GAMMAS, choice="one_se")
+    bo.tell([(4, 0), (1, 0)], [obs[0].f, obs[1].f], [obs[0].scores, obs[1].scores])
+    assert (bo.best.beta, bo.chosen.beta, bo.chosen.scores) == (5.0, 2.0, obs[1].scores)
+    with pytest.raises(ValueError, match="unknown choice"):
+        GridBO(BETAS, GAMMAS, choice="mean")

@@ -182,17 +182,17 @@ def test_bo_cost_flags_reach_the_manifest(tiny_model: str, tmp_path: Path, capsy
     code = main(["distill", "--classes", "0", "--model", tiny_model, "--out", str(out), *TINY_RUN, "--bo-mode",
                  "paper", "--bo-scope", "class", "--proxy-seeds", "1", "--warm-budget", "1", "--first-warm-budget", "3",
                  "--early-stop", "--freeze-after", "3", "--q", "2", "--proxy-steps", "2", "--design-q", "3",
-                 "--kernel-scope", "class", "--warm-design", "ucb", "--class-group", "2"])
+                 "--kernel-scope", "class", "--warm-design", "ucb", "--class-group", "2", "--choice", "one_se"])
     assert code == 0, capsys.readouterr().err
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "% of sampling time" in summary and "BO mode paper, scope class" in summary
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert {k: config["bo"][k] for k in ("mode", "scope", "proxy_seeds", "warm_budget", "first_warm_budget",
                                          "early_stop", "freeze_after", "q", "design_q", "kernel_scope",
-                                         "warm_design", "class_group")} == \
+                                         "warm_design", "class_group", "choice")} == \
         {"mode": "paper", "scope": "class", "proxy_seeds": 1, "warm_budget": 1, "first_warm_budget": 3,
          "early_stop": True, "freeze_after": 3, "q": 2, "design_q": 3, "kernel_scope": "class", "warm_design": "ucb",
-         "class_group": 2}
+         "class_group": 2, "choice": "one_se"}
     assert config["sampler"]["proxy_steps"] == 2
     history = [len(b["history"]) for b in json.loads((out / "manifest.json").read_text())["batches"]]
     assert history == [2, 1]  # the second batch starts from the first's observations: its warm budget of 1 (the

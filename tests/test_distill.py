@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adaptive_dd.config import BOConfig, ConfigError, DistillConfig, RepulsionConfig, SamplerConfig
-from adaptive_dd.distill import BatchDone, BOStep, ClassDone, Distiller
+from adaptive_dd.distill import BatchDone, BOStep, ClassDone, Distiller, Searched
 from adaptive_dd.export import ExportError, export
 
 
@@ -158,6 +158,8 @@ def test_the_fast_mode_groups_classes_on_a_cpu_only():
     (dict(bo=BOConfig(scope="epoch")), "BO scope must be one of batch, class, run, got 'epoch'"),
     (dict(bo=BOConfig(kernel_scope="run")), "kernel scope must be one of batch, class, got 'run'"),
     (dict(bo=BOConfig(warm_design="explore")), "warm design must be one of top, ucb, top_then_ucb, got 'explore'"),
+    (dict(bo=BOConfig(choice="mean")), "choice (the point the final pass runs at) must be one of best, one_se, got "
+                                       "'mean'"),
     (dict(bo=BOConfig(design_q=-2)), "design q .* must be >= 0"),
     (dict(bo=BOConfig(proxy_seeds=-1)), "proxy seeds must be >= 0"),
     (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
@@ -306,7 +308,8 @@ def test_a_batch_first_round_rides_in_the_previous_final_pass_and_changes_nothin
         for a, b in zip(alone_steps, run_steps, strict=True):  # the run's GP keeps the kernel run_batch is given
             assert (a.search.kernel is None) == (b.search.kernel is None)
             assert a.search.kernel is None or np.array_equal(a.search.kernel.theta, b.search.kernel.theta)
-        history.setdefault(e.class_name, {})[e.batch_index] = [(o.beta, o.gamma, o.f) for o in alone.observations]
+        history.setdefault(e.class_name, {})[e.batch_index] = Searched(
+            [(o.beta, o.gamma, o.f) for o in alone.observations], alone.beta, alone.gamma)
         assert [(o.index, o.f) for o in alone.observations] == [(o.index, o.f) for o in e.observations]
         torch.testing.assert_close(alone.images, e.images, rtol=0, atol=0)
     run_done = events[-1]
@@ -331,7 +334,7 @@ def test_rides_keep_sharded_and_resumed_runs_byte_identical_when_bits_depend_on_
         return {(e.class_name, e.batch_index): e for e in events if isinstance(e, BatchDone)}
 
     def observed(e):
-        return [(o.beta, o.gamma, o.f) for o in e.observations]
+        return Searched([(o.beta, o.gamma, o.f) for o in e.observations], e.beta, e.gamma)
 
     one = batches(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run())
     two = {}
@@ -491,3 +494,44 @@ def _prior_ranking(cfg: DistillConfig, steps: list[BOStep], *keys: tuple[str, in
     prior = [(o.beta, o.gamma, o.f) for s in steps if (s.class_name, s.batch_index) in keys for o in s.candidates]
     mean = GridBO(cfg.bo.betas, cfg.bo.gammas, prior=prior, freeze_after=4).posterior().mean
     return [np.unravel_index(k, mean.shape) for k in np.argsort(-mean, axis=None, kind="stable")]
+
+
+@pytest.mark.parametrize("choice", ["best", "one_se"])
+def test_the_final_pass_runs_at_the_chosen_point(tiny_backend, tiny_teacher, monkeypatch, choice):
+    """Each mini-batch's final pass runs at bo.choose's point of its own observations, each carrying one score per
+    proxy seed. With scores that swing from seed to seed by far more than any gap (every point within one standard
+    error of the best), "one_se" is the lowest beta evaluated, and differs from the best observed; a resumed run
+    rides its first rounds after the chosen points too (same images)."""
+    from adaptive_dd.bo import choose
+    from adaptive_dd.distill import Progress
+    from adaptive_dd.fidelity import Objective
+
+    swing = iter(np.linspace(1.0, 3.0, 1000))
+    real = Objective.scores
+    monkeypatch.setattr(Objective, "scores", lambda self, s, g, t: real(self, s, g, t) + next(swing) * torch.tensor(
+        [(-1.0) ** i for i in range(len(s.logits))]))
+    cfg = _config(classes=["0", "1"], ipc=6, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4,
+                                                         q=2, mode="fast", proxy_seeds=2, choice=choice))
+    events = list(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run())
+    done = [e for e in events if isinstance(e, BatchDone)]
+    assert len(done) == 4 and all(len(o.scores) == 2 for e in done for o in e.observations)
+    for e in done:
+        c = choose(e.observations, choice)
+        assert (e.beta, e.gamma, e.f_proxy) == (c.beta, c.gamma, c.f)
+        if choice == "one_se":
+            assert e.beta == min(o.beta for o in e.observations)
+    moved = [e for e in done if (e.beta, e.gamma) != (max(e.observations, key=lambda o: o.f).beta,
+                                                      max(e.observations, key=lambda o: o.f).gamma)]
+    assert bool(moved) == (choice == "one_se")
+    steps = [s for s in events if isinstance(s, BOStep)]
+    assert all(s.chosen is choose(s.observations, choice) for s in steps)
+
+    swing = iter(np.linspace(1.0, 3.0, 1000))
+    first = done[0]
+    progress = Progress(batches={"0": {0: first.summary()}}, history={"0": {0: Searched(
+        [(o.beta, o.gamma, o.f) for o in first.observations], first.beta, first.gamma)}})
+    resumed = [e for e in Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run(progress=progress)
+               if isinstance(e, BatchDone)]
+    assert [(e.beta, e.gamma) for e in resumed] == [(e.beta, e.gamma) for e in done[1:]]
+    for a, b in zip(resumed, done[1:], strict=True):
+        torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)

@@ -101,6 +101,17 @@ def test_objectives_match_hand_computations():
     want_nov = -(kl([2, 0], [1, 0], 1.0) + kl([0, 1], [0, 3], 1.0)) / 2 + 0.5 * (0.2 + 0.0) / 2
     assert Objective("kl_novelty", novelty_weight=0.5)(seeds, gen, 1) == pytest.approx(want_nov, rel=1e-6)
 
+    # each seed's term, whose mean is f: what the "one_se" choice compares seed by seed
+    want = {"kl": [-kl([2, 0], [1, 0], 1.0), -kl([0, 1], [0, 3], 1.0)],
+            "confidence": [p1([1, 0], 20) - (p1([2, 0], 20) + p1([0, 1], 20)) / 2,
+                           p1([0, 3], 20) - (p1([2, 0], 20) + p1([0, 1], 20)) / 2],
+            "kl_novelty": [-kl([2, 0], [1, 0], 1.0) + 0.5 * 0.2, -kl([0, 1], [0, 3], 1.0)]}
+    for name, terms in want.items():
+        objective = Objective(name, novelty_weight=0.5)
+        scores = objective.scores(seeds, gen, 1)
+        assert scores.tolist() == pytest.approx(terms, abs=1e-6)
+        assert float(scores.mean()) == pytest.approx(objective(seeds, gen, 1), abs=1e-7)
+
 
 def test_kl_rewards_a_copy_and_kl_novelty_does_not():
     from adaptive_dd.fidelity import Objective
