@@ -158,8 +158,8 @@ def test_the_fast_mode_groups_classes_on_a_cpu_only():
     (dict(bo=BOConfig(scope="epoch")), "BO scope must be one of batch, class, run, got 'epoch'"),
     (dict(bo=BOConfig(kernel_scope="run")), "kernel scope must be one of batch, class, got 'run'"),
     (dict(bo=BOConfig(warm_design="explore")), "warm design must be one of top, ucb, top_then_ucb, got 'explore'"),
-    (dict(bo=BOConfig(choice="mean")), "choice (the point the final pass runs at) must be one of best, one_se, got "
-                                       "'mean'"),
+    (dict(bo=BOConfig(choice="mean")), r"choice \(the point the final pass runs at\) must be one of best, one_se, "
+                                       "got 'mean'"),
     (dict(bo=BOConfig(design_q=-2)), "design q .* must be >= 0"),
     (dict(bo=BOConfig(proxy_seeds=-1)), "proxy seeds must be >= 0"),
     (dict(bo=BOConfig(warm_budget=-1)), "warm budget"),
