@@ -25,6 +25,9 @@ solve their GPs without learning a kernel each). A GP with fixed hyper-parameter
 arithmetic without skopt's per-fit overhead. A GP with a prior optimises its hyper-parameters from one start,
 not three: the prior's many points pin them down.
 
+The point a finished search hands to the final pass is `choose`'s: the best observed (Algorithm 1, line 14), or
+the least guidance within one standard error of it ("one_se", the fast mode's), from each proxy's per-seed scores.
+
 GP algebra runs with one BLAS thread: on a few dozen points threads gain nothing, and OpenBLAS workers keep
 spinning after each call, taking the cores from the sampler's next UNet call (on a 2-core CPU that made a default
 IPC 10 run 1.4x slower).
