@@ -338,7 +338,8 @@ class ExportRun:
         _fsync_dir(self.work / folder)
         row = {"class": ev.class_name, "batch": ev.batch_index, "beta": ev.beta, "gamma": ev.gamma,
                "f_proxy": ev.f_proxy, "f_final": ev.f_final, "seed_ids": list(ev.seed_ids),
-               "history": [{"step": o.step, "beta": o.beta, "gamma": o.gamma, "f": o.f} for o in ev.observations]}
+               "history": [{"step": o.step, "beta": o.beta, "gamma": o.gamma, "f": o.f, "scores": list(o.scores)}
+                           for o in ev.observations]}
         record = {"class": ev.class_name, "batch": ev.batch_index, "summary": dataclasses.asdict(ev.summary()),
                   "images": images, "row": row}
         _write_atomic(self._batch_path(ev.class_index, ev.batch_index), json.dumps(record).encode())

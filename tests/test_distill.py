@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from adaptive_dd.bo import Observation, choose
 from adaptive_dd.config import BOConfig, ConfigError, DistillConfig, RepulsionConfig, SamplerConfig
 from adaptive_dd.distill import BatchDone, BOStep, ClassDone, Distiller, Searched
 from adaptive_dd.export import ExportError, export
@@ -73,6 +74,11 @@ def test_export_holds_exactly_ipc_per_class_and_reruns_byte_identical(distiller,
     assert len(manifest["images"]) == 15 and manifest["class_order"][:3] == ["0", "1", "2"]
     assert {i["file"] for i in manifest["images"]} == {k for k in a if k.endswith(".png")}
     assert all(len(b["history"]) == 3 for b in manifest["batches"])
+    for b in manifest["batches"]:  # the manifest alone gives each batch's point again, under its choice rule
+        obs = [Observation(h["beta"], h["gamma"], h["f"], h["step"], (0, 0), tuple(h["scores"])) for h in b["history"]]
+        assert all(len(h["scores"]) == len(b["seed_ids"]) for h in b["history"])  # paper mode: every seed
+        chosen = choose(obs, manifest["config"]["bo"]["choice"])
+        assert (chosen.beta, chosen.gamma, chosen.f) == (b["beta"], b["gamma"], b["f_proxy"])
     f_proxy = {(b["class"], b["batch"]): b["f_proxy"] for b in manifest["batches"]}
     assert all(i["batch_f_proxy"] == f_proxy[i["class"], i["batch"]] and "f" not in i for i in manifest["images"])
     import zipfile
