@@ -424,7 +424,7 @@ class GridBO:
     @property
     def best(self) -> Observation | None:
         """The best OBSERVED point (Algorithm 1, line 14), not the GP's argmax."""
-        return max(self.observations, key=lambda o: o.f) if self.observations else None
+        return choose(self.observations)
 
     @property
     def chosen(self) -> Observation | None:

@@ -238,11 +238,6 @@ def default_teacher(data: str) -> str:
     raise ConfigError(f"no bundled teacher for {data!r}: give one with --teacher NAME[:CHECKPOINT] or a directory")
 
 
-def _observed(observations: Sequence[Observation]) -> list[tuple[float, float, float]]:
-    """Observations as a prior takes them: (beta, gamma, f)."""
-    return [(o.beta, o.gamma, o.f) for o in observations]
-
-
 def _outcome(steps: Generator[BOStep, None, GridBO]) -> GridBO:
     """Run a search to its end for its result alone (its events are not wanted)."""
     while True:
@@ -473,7 +468,7 @@ class Distiller:
 
     def _searched(self, bo: GridBO) -> Searched:
         beta, gamma, _ = self._chosen(bo)
-        return Searched(_observed(bo.observations), beta, gamma)
+        return Searched([(o.beta, o.gamma, o.f) for o in bo.observations], beta, gamma)
 
     def _final_job(self, batch: _Batch, beta: float, gamma: float) -> Job:
         return self.job(batch.images, batch.class_name, beta, gamma, batch.noise, proxy=False, latents=batch.latents)
