@@ -114,8 +114,9 @@ def advanced_settings(d: S.Settings) -> dict[str, gr.components.Component]:
                                             "the class's first prior")
             warm_design = gr.Dropdown(list(WARM_DESIGNS), value=d.warm_design, label="warm design",
                                       info="where a search with a prior starts: top: its best points; ucb: its best "
-                                           "point, then GP-UCB's picks; top_then_ucb: top on a class's first "
-                                           "mini-batch, ucb on its later ones")
+                                           "point, then GP-UCB's picks; low: its best point and the lowest beta "
+                                           "at its gamma; top_then_*: top on a class's first mini-batch, ucb or "
+                                           "low on its later ones")
         with gr.Row():
             class_group = gr.Number(d.class_group, precision=0, minimum=0,
                                     label="class group (classes whose first proxy rounds share one sampler call in "

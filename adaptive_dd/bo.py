@@ -16,8 +16,9 @@ tends to sit on an edge, which a centred design never samples).
 
 Cheaper searches (issue 12): prior observations (earlier mini-batches' f, averaged per grid point) enter the GP
 but are not this batch's evaluations, so a point they cover can still be evaluated for the new seeds; with a prior
-the design is the prior's n_initial best points (by posterior median), best first (warm_design "top"), or its best
-point alone, after which GP-UCB picks ("ucb"). should_stop() says when no
+the design is the prior's n_initial best points (by posterior median), best first (warm_design "top"), its best
+point alone, after which GP-UCB picks ("ucb"), or its best point and the least guidance at that point's gamma
+("low": the challenger the one_se choice prefers, which it can take only if evaluated). should_stop() says when no
 unevaluated point's UCB beats the best observed. freeze_after fixes the kernel's hyper-parameters at the first
 fit to at least that many points (later fits only solve the GP): with a prior that is the first fit. kernel_prior
 fixes them from the start at those learned on another prior (a class's first one, so a class's later mini-batches
@@ -59,6 +60,7 @@ class Observation:
 
 
 CHOICES = ("best", "one_se")
+GRID_WARM_DESIGNS = ("top", "ucb", "low")
 
 
 def _checked_choice(choice: str) -> str:
@@ -195,8 +197,9 @@ class GridBO:
     prior: (beta, gamma, f) observed on other seeds (points off this grid are ignored); freeze_after: the kernel's
     hyper-parameters are fixed at the first fit to at least this many points (0: optimised at every fit);
     kernel_prior: observations whose GP's learned hyper-parameters this one keeps from the start (none: it learns
-    its own); warm_design: where a search with a prior starts, "top" (the prior's n_initial best points) or "ucb" (its
-    best point, then GP-UCB's picks, so a warm round of q also explores); choice: the rule of `chosen` (see choose).
+    its own); warm_design: where a search with a prior starts, "top" (the prior's n_initial best points), "ucb" (its
+    best point, then GP-UCB's picks, so a warm round of q also explores) or "low" (its best point and the lowest beta
+    at that point's gamma, then GP-UCB's picks); choice: the rule of `chosen` (see choose).
     """
 
     def __init__(self, betas, gammas, kappa: float = 2.0, n_initial: int = 4, seed: int = 0, warp: str = "none",
@@ -209,8 +212,8 @@ class GridBO:
         if warp not in WARPS:
             raise ValueError(f"unknown warp {warp!r}; use one of {', '.join(WARPS)}")
         self.warp = warp
-        if warm_design not in ("top", "ucb"):
-            raise ValueError(f"unknown warm design {warm_design!r}; use top or ucb")
+        if warm_design not in GRID_WARM_DESIGNS:
+            raise ValueError(f"unknown warm design {warm_design!r}; use one of {', '.join(GRID_WARM_DESIGNS)}")
         self.warm_design = warm_design
         self.choice = _checked_choice(choice)
         self.n_initial = max(1, int(n_initial))
@@ -287,11 +290,16 @@ class GridBO:
         """The design with a prior: the points where the prior's posterior median is highest, best first; n_initial
         of them ("top": a q-batch evaluates the top q on the new seeds), or the best alone ("ucb": the rest of a
         q-batch is GP-UCB's, picked with the constant liar, so a warm batch also tries a point the prior has not
-        ruled out instead of inheriting the prior's noisy ranking)."""
+        ruled out instead of inheriting the prior's noisy ranking), or the best and the lowest beta at its gamma
+        ("low"; the same where the best has the lowest beta): one_se chooses among evaluated points only, and f is
+        so flat in beta that a two-point warm batch without the least-guidance point almost never reaches it."""
         mean, _ = self._predict(self._gp())
         order = np.argsort(-mean, kind="stable")
-        n = 1 if self.warm_design == "ucb" else self.n_initial
-        return [int(p) for p in order[:min(n, len(order))]]
+        if self.warm_design == "top":
+            return [int(p) for p in order[:min(self.n_initial, len(order))]]
+        best = int(order[0])
+        low = self._flat((int(np.argmin(self.betas)), best % len(self.gammas)))
+        return [best] + ([low] if self.warm_design == "low" and low != best else [])
 
     def _prior_gp(self, prior: dict[int, float]) -> FixedGP:
         """The GP on a prior alone, fitted once per distinct (grid, warp, prior, fixed kernel): under the run scope

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mini-batches keep them) (default: the mode's)")
     d.add_argument("--warm-design", choices=list(WARM_DESIGNS), help="where a search seeded by earlier observations "
                    "starts: top (the prior's best points), ucb (its best point, then GP-UCB's picks, which also "
-                   "explore) or top_then_ucb (top on a class's first mini-batch, ucb on its later ones) (default: "
-                   "the mode's)")
+                   "explore), low (its best point and the lowest beta at its gamma, the least guidance --choice "
+                   "one_se can pick), top_then_ucb or top_then_low (top on a class's first mini-batch, ucb or low "
+                   "on its later ones) (default: the mode's)")
     d.add_argument("--proxy-seeds", type=int, help="seeds each BO proxy runs on, the batch's first ones; 0: all "
                    "(default: the mode's)")
     d.add_argument("--warm-budget", type=int, help="BO evaluations of a mini-batch whose GP starts from earlier "

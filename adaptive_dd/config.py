@@ -16,25 +16,28 @@ from .repulsion import validate_bandwidth
 DEFAULT_GAMMAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 BO_SCOPES = ("batch", "class", "run")
 KERNEL_SCOPES = ("batch", "class")
-WARM_DESIGNS = ("top", "ucb", "top_then_ucb")
+WARM_DESIGNS = ("top", "ucb", "low", "top_then_ucb", "top_then_low")
 # What each BO mode sets when a field is left None. "paper": Algorithm 1 as written (a fresh GP per mini-batch, every
 # seed in every proxy, proxies on every other step, the whole budget). "fast": the issue 12 search, chosen by
 # benchmarks/bo_cost.py and the validation stage of benchmarks/run.py (see README, "Cost"); a warm batch evaluates
 # its points in one sampler call and keeps the best on its own seeds: a class's first batch the prior's three best
 # points (the pilot's evidence alone; first_warm_budget 3, the most whose call keeps the CLI's BO share within
 # issue 12's bars on a CPU: four matched the paper's search on val at IPC 10 but cost 27% there), its later batches
-# the prior's best and GP-UCB's pick (q 2, warm_design "top_then_ucb"), so the class can leave the pilot's optimum,
-# a noisy pick on a nearly flat f, once it has evidence of its own (bo_cost.py's validation at IPC 10 and 50). A
-# cold search runs its 4-point design in one call (design_q), and a class's later batches keep the GP kernel learned
-# on its first prior (kernel_scope). Its final pass runs at the least guidance within one standard error of the best
-# observed (choice "one_se", chosen on val at IPC 10 and 50; README, "Cost"), not at the best observed ("best").
+# the prior's best and the lowest beta at its gamma (q 2, warm_design "top_then_low"), so the class can leave the
+# pilot's optimum, a noisy pick on a nearly flat f, once it has evidence of its own, for the least guidance its own
+# seeds cannot tell from it (bo_cost.py's validation at IPC 50, 10 student seeds: "top_then_ucb", GP-UCB's pick in
+# place of the lowest beta, trailed it by 1.2 points on resnet10t and tied on convnext; IPC 10 has no later
+# batches). A cold search runs its 4-point design in one call (design_q), and a class's later batches keep the GP
+# kernel learned on its first prior (kernel_scope).
+# Its final pass runs at the least guidance within one standard error of the best observed (choice "one_se", chosen
+# on val at IPC 10 and 50; README, "Cost"), not at the best observed ("best").
 # proxy_stride None leaves SamplerConfig.proxy_steps None: every other step of the final schedule. class_group 0: by
 # device (CPU_CLASS_GROUP on a CPU, 1 elsewhere; see BOConfig).
 BO_MODES: dict[str, dict[str, object]] = {
     "paper": {"q": 1, "design_q": 0, "scope": "batch", "kernel_scope": "batch", "warm_design": "top",
               "proxy_seeds": 0, "warm_budget": 0, "first_warm_budget": 0, "early_stop": False, "freeze_after": 0,
               "class_group": 1, "choice": "best", "proxy_stride": None},
-    "fast": {"q": 2, "design_q": 4, "scope": "run", "kernel_scope": "class", "warm_design": "top_then_ucb",
+    "fast": {"q": 2, "design_q": 4, "scope": "run", "kernel_scope": "class", "warm_design": "top_then_low",
              "proxy_seeds": 4, "warm_budget": 2, "first_warm_budget": 3, "early_stop": True, "freeze_after": 4,
              "class_group": 0, "choice": "one_se", "proxy_stride": 5},
 }
@@ -111,8 +114,9 @@ class BOConfig:
     seed a mini-batch's GP: none, the class's earlier batches, or also those of the run's first class, the pilot),
     kernel_scope (where the GP kernel's hyper-parameters are learned: by every mini-batch, or once per class on its
     first prior, which its later mini-batches keep), warm_design (where a search seeded by a prior starts: the prior's
-    n_initial best points, "top"; its best point, then GP-UCB's picks, "ucb"; or "top" on a class's first mini-batch
-    and "ucb" on its later ones, "top_then_ucb"), proxy_seeds (seeds each proxy runs on, the batch's first ones;
+    n_initial best points, "top"; its best point, then GP-UCB's picks, "ucb"; its best point and the lowest beta at
+    its gamma, "low"; or "top" on a class's first mini-batch and "ucb" or "low" on its later ones, "top_then_ucb" /
+    "top_then_low"), proxy_seeds (seeds each proxy runs on, the batch's first ones;
     0: all), warm_budget (evaluations of a batch whose GP starts from a prior; 0: the budget), first_warm_budget
     (the same for a class's first mini-batch, whose prior is the pilot's alone: it has no evidence of its own, so it
     tries more of the prior's best points, in one call under design_q; 0: warm_budget; either at most the budget),

@@ -369,12 +369,13 @@ class Distiller:
                       time.perf_counter() - t1)
 
     def warm_design(self, batch_index: int) -> str:
-        """GridBO's warm design for a mini-batch: "top_then_ucb" explores only once the class has batches of its own,
-        since an exploratory point pays off in the class's later batches, and at one batch per class it is a noisy
-        coin flip against the pilot's best (it cost resnet10t 4 points on val at IPC 10)."""
+        """GridBO's warm design for a mini-batch: "top_then_ucb" / "top_then_low" leave the prior's best points only
+        once the class has batches of its own, since a second point pays off in the class's later batches, and at
+        one batch per class it is a noisy coin flip against the pilot's best (it cost resnet10t 4 points on val at
+        IPC 10)."""
         design = self.config.bo.warm_design
-        if design == "top_then_ucb":
-            return "ucb" if batch_index else "top"
+        if design.startswith("top_then_"):
+            return design.removeprefix("top_then_") if batch_index else "top"
         return design
 
     def _proxy_seeds(self, batch: _Batch) -> int:

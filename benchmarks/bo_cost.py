@@ -80,12 +80,14 @@ MODES: dict[str, tuple[str, dict, int | None]] = {
     "fast_first_warm_4_budget_6_warm_3": ("default with 4 points on a class's first mini-batch, 6 in a cold search "
                                           "and 3 on later mini-batches",
                                           {"first_warm_budget": 4, "budget": 6, "warm_budget": 3}, None),
-    "fast_choice_best": ("default with the final pass at the best observed point (the default before the one_se "
-                         "choice)", {"choice": "best"}, None),
+    "fast_choice_best": ("default with the final pass at the best observed point", {"choice": "best"}, None),
+    "fast_top_then_ucb": ("default with a class's later mini-batches on the prior's best and GP-UCB's pick (the "
+                          "default before the low warm design)", {"warm_design": "top_then_ucb"}, None),
     "paper_one_se": ("paper + the final pass at the lowest beta within one standard error of the best",
                      {**PAPER, "choice": "one_se"}, None),
     "fixed_1.5_0.3": ("no search: fixed (1.5, 0.3), fixed_best's uci-digits point", {"betas": (1.5,),
                                                                                      "gammas": (0.3,)}, None),
+    "fixed_1_0.3": ("no search: fixed (1, 0.3), the least guidance", {"betas": (1.0,), "gammas": (0.3,)}, None),
     "fixed_2_0.3": ("no search: fixed (2, 0.3)", {"betas": (2.0,), "gammas": (0.3,)}, None),
     "fixed_4_0.3": ("no search: fixed (4, 0.3), the usual pick of the fast mode with two points on a class's first "
                     "mini-batch", {"betas": (4.0,), "gammas": (0.3,)}, None),

@@ -393,6 +393,26 @@ def test_a_ucb_warm_design_finds_an_optimum_the_prior_does_not_share():
         GridBO(BETAS, GAMMAS, warm_design="explore")
 
 
+@pytest.mark.parametrize("betas", [BETAS, BETAS[::-1]])
+def test_a_low_warm_design_starts_at_the_prior_best_and_the_least_guidance_at_its_gamma(betas):
+    """"low": a warm round of two evaluates the prior's best point and the lowest beta at its gamma (the point
+    "one_se" takes when the new seeds cannot tell the two apart), whatever the beta grid's order; where the best
+    already has the lowest beta, the second point is GP-UCB's, as under "ucb"."""
+    index, g6 = list(betas).index, int(np.argmin(np.abs(GAMMAS - 0.6)))
+    bump_prior = [(b, g, bump(b, g)) for b in (3.0, 7.0, 10.0) for g in (0.4, 0.6, 0.8)]
+    bo = GridBO(betas, GAMMAS, n_initial=3, seed=0, prior=bump_prior, warm_design="low")
+    assert bo.ask(2) == [(index(7.0), g6), (index(1.0), g6)]
+    assert bo.ask(3)[:2] == bo.ask(2)
+
+    def edge(b, g):
+        return -((b - 1.0) / 3.0) ** 2 - ((g - 0.6) / 0.25) ** 2
+
+    edge_prior = [(b, g, edge(b, g)) for b in (1.0, 5.0, 9.0) for g in (0.4, 0.6, 0.8)]
+    low, ucb = (GridBO(betas, GAMMAS, n_initial=3, seed=0, prior=edge_prior, warm_design=d).ask(2)
+                for d in ("low", "ucb"))
+    assert low == ucb and low[0] == (index(1.0), g6) and low[1] != low[0]
+
+
 def test_one_se_takes_the_least_guidance_within_one_paired_standard_error_of_the_best():
     """The best (beta 5) against: beta 2, 0.02 lower on average but by a gap that swings from seed to seed (within
     one standard error: chosen); beta 1, only 0.01 lower but on every seed (a real gap: not chosen); beta 3 with no

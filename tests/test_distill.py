@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -163,7 +164,8 @@ def test_the_fast_mode_groups_classes_on_a_cpu_only():
     (dict(bo=BOConfig(mode="quick")), "BO mode must be one of paper, fast, got 'quick'"),
     (dict(bo=BOConfig(scope="epoch")), "BO scope must be one of batch, class, run, got 'epoch'"),
     (dict(bo=BOConfig(kernel_scope="run")), "kernel scope must be one of batch, class, got 'run'"),
-    (dict(bo=BOConfig(warm_design="explore")), "warm design must be one of top, ucb, top_then_ucb, got 'explore'"),
+    (dict(bo=BOConfig(warm_design="explore")),
+     "warm design must be one of top, ucb, low, top_then_ucb, top_then_low, got 'explore'"),
     (dict(bo=BOConfig(choice="mean")), r"choice \(the point the final pass runs at\) must be one of best, one_se, "
                                        "got 'mean'"),
     (dict(bo=BOConfig(design_q=-2)), "design q .* must be >= 0"),
@@ -440,19 +442,30 @@ def test_a_cold_search_runs_its_whole_design_in_one_sampler_call(tiny_backend, t
     np.testing.assert_allclose([o.f for o in observed[4][:4]], [o.f for o in observed[0][:4]], rtol=1e-4, atol=1e-6)
 
 
-def test_top_then_ucb_explores_once_a_class_has_batches_of_its_own_in_one_sampler_call(tiny_backend, tiny_teacher):
-    """The fast mode's warm design: a class's first warm mini-batch evaluates the prior's two best points (with
-    first_warm_budget 0, its warm budget of 2); a later one the prior's best and GP-UCB's pick. Either is one round of
-    q = 2, so one sampler call."""
+@pytest.mark.parametrize("design", ["top_then_ucb", "top_then_low"])
+def test_a_top_then_design_leaves_the_prior_best_points_once_a_class_has_batches_of_its_own(tiny_backend, tiny_teacher,
+                                                                                             design):
+    """The fast mode's warm designs ("top_then_low", its default): a class's first warm mini-batch evaluates the
+    prior's two best points (with first_warm_budget 0, its warm budget of 2); a later one the prior's best and, in
+    the same round of q = 2 (one sampler call), GP-UCB's pick ("ucb") or the lowest beta at the best's gamma
+    ("low")."""
+    default = BOConfig()
+    default.resolve()
+    assert default.warm_design == "top_then_low"
     cfg = _config(classes=["0", "1"], ipc=6, m_seed=3, bo=BOConfig(
         betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4, mode="fast", proxy_seeds=2, early_stop=False,
-        first_warm_budget=0))
-    assert cfg.validate().bo.warm_design == "top_then_ucb"
+        first_warm_budget=0, warm_design=design))
     steps, rounds = _warm_rounds(cfg, tiny_backend, tiny_teacher)
     assert [len(r) for r in rounds[("0", 0)]] == [4] and rounds[("1", 1)] == [rounds[("1", 1)][0]]
     pilot_later, = rounds[("0", 1)]  # its prior: the pilot's first batch
     order = _prior_ranking(cfg, steps, ("0", 0))
-    assert pilot_later[0] == order[0] and pilot_later[1] != order[1]
+    assert order[0][0] != 0 and pilot_later[0] == order[0]
+    if design == "top_then_low":
+        assert pilot_later == [order[0], (0, order[0][1])]
+        (best, low), = rounds[("1", 1)]
+        assert best[0] == 0 or low == (0, best[1])
+    else:
+        assert pilot_later[1] != order[1]
     first, = rounds[("1", 0)]  # its prior: the pilot's batches
     assert first == _prior_ranking(cfg, steps, ("0", 0), ("0", 1))[:2]
 
@@ -505,17 +518,18 @@ def _prior_ranking(cfg: DistillConfig, steps: list[BOStep], *keys: tuple[str, in
 @pytest.mark.parametrize("choice", ["best", "one_se"])
 def test_the_final_pass_runs_at_the_chosen_point(tiny_backend, tiny_teacher, monkeypatch, choice):
     """Each mini-batch's final pass runs at bo.choose's point of its own observations, each carrying one score per
-    proxy seed. With scores that swing from seed to seed by far more than any gap (every point within one standard
-    error of the best), "one_se" is the lowest beta evaluated, and differs from the best observed; a resumed run
-    rides its first rounds after the chosen points too (same images)."""
+    proxy seed. With scores that swing from seed to seed by more at each proxy than at the one before, far more than
+    any gap (so each pair of points differs in opposite directions on the two seeds, and every point is within one
+    standard error of the best), "one_se" is the lowest beta evaluated, and differs from the best observed; a resumed
+    run rides its first rounds after the chosen points too (same images)."""
     from adaptive_dd.bo import choose
     from adaptive_dd.distill import Progress
     from adaptive_dd.fidelity import Objective
 
-    swing = iter(np.linspace(1.0, 3.0, 1000))
+    swing = itertools.count(1)
     real = Objective.scores
-    monkeypatch.setattr(Objective, "scores", lambda self, s, g, t: real(self, s, g, t) + next(swing) * torch.tensor(
-        [(-1.0) ** i for i in range(len(s.logits))]))
+    monkeypatch.setattr(Objective, "scores", lambda self, s, g, t: real(self, s, g, t) + float(next(swing)) *
+                        torch.tensor([(-1.0) ** i for i in range(len(s.logits))]))
     cfg = _config(classes=["0", "1"], ipc=6, bo=BOConfig(betas=(0.0, 1.0, 2.0), gammas=(0.5, 0.7, 1.0), budget=4,
                                                          q=2, mode="fast", proxy_seeds=2, choice=choice))
     events = list(Distiller(cfg, backend=tiny_backend, teacher=tiny_teacher).run())
@@ -532,7 +546,7 @@ def test_the_final_pass_runs_at_the_chosen_point(tiny_backend, tiny_teacher, mon
     steps = [s for s in events if isinstance(s, BOStep)]
     assert all(s.chosen is choose(s.observations, choice) for s in steps)
 
-    swing = iter(np.linspace(1.0, 3.0, 1000))
+    swing = itertools.count(1)
     first = done[0]
     progress = Progress(batches={"0": {0: first.summary()}}, history={"0": {0: Searched(
         [(o.beta, o.gamma, o.f) for o in first.observations], first.beta, first.gamma)}})
