@@ -28,9 +28,9 @@ WARM_DESIGNS = ("top", "ucb", "low", "top_then_ucb", "top_then_low")
 # seeds cannot tell from it (bo_cost.py's validation at IPC 50, 10 student seeds: "top_then_ucb", GP-UCB's pick in
 # place of the lowest beta, trailed it by 1.2 points on resnet10t and tied on convnext; IPC 10 has no later
 # batches). A cold search runs its 4-point design in one call (design_q), and a class's later batches keep the GP
-# kernel learned on its first prior (kernel_scope).
-# Its final pass runs at the least guidance within one standard error of the best observed (choice "one_se", chosen
-# on val at IPC 10 and 50; README, "Cost"), not at the best observed ("best").
+# kernel learned on its first prior (kernel_scope). Its final pass runs at the least guidance within one standard
+# error of the best observed (choice "one_se", chosen on val at IPC 10 and 50; README, "Cost"), not at the best
+# observed ("best").
 # proxy_stride None leaves SamplerConfig.proxy_steps None: every other step of the final schedule. class_group 0: by
 # device (CPU_CLASS_GROUP on a CPU, 1 elsewhere; see BOConfig).
 BO_MODES: dict[str, dict[str, object]] = {
@@ -116,8 +116,8 @@ class BOConfig:
     first prior, which its later mini-batches keep), warm_design (where a search seeded by a prior starts: the prior's
     n_initial best points, "top"; its best point, then GP-UCB's picks, "ucb"; its best point and the lowest beta at
     its gamma, "low"; or "top" on a class's first mini-batch and "ucb" or "low" on its later ones, "top_then_ucb" /
-    "top_then_low"), proxy_seeds (seeds each proxy runs on, the batch's first ones;
-    0: all), warm_budget (evaluations of a batch whose GP starts from a prior; 0: the budget), first_warm_budget
+    "top_then_low"), proxy_seeds (seeds each proxy runs on, the batch's first ones; 0: all), warm_budget
+    (evaluations of a batch whose GP starts from a prior; 0: the budget), first_warm_budget
     (the same for a class's first mini-batch, whose prior is the pilot's alone: it has no evidence of its own, so it
     tries more of the prior's best points, in one call under design_q; 0: warm_budget; either at most the budget),
     early_stop (stop when no unevaluated point's UCB beats the best observed), freeze_after (the kernel's
